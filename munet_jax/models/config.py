@@ -1,0 +1,57 @@
+"""Model hyper-parameters as ml_collections ConfigDicts.
+
+`munet_config()` holds the paper's numbers (ResNet-50 encoders to res4, 25x25
+cost-volume window, Table 1 motion network, STM key/value sizes). The protocol
+configs in `configs/` put it under `config.model` and override fields from the
+command line. `tiny_munet_config()` is the same architecture, narrow and
+shallow, for tests and the CPU demo.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def munet_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # ResNet encoders (Enc-Q on RGB, Enc-R on RGB + mask), torchvision layout up to res4.
+    c.backbone = ml_collections.ConfigDict()
+    c.backbone.stage_sizes = (3, 4, 6)  # bottleneck blocks in res2, res3, res4 (ResNet-50)
+    c.backbone.width = 64  # stem width; stage widths 64/128/256, x4 expansion -> 256/512/1024 channels
+
+    # MU-Layer (Sec. 3.2).
+    c.mu_layer = ml_collections.ConfigDict()
+    c.mu_layer.enabled = True  # False: the paper's baseline, Table 4 (a)
+    c.mu_layer.window = 25  # U = V = 25 candidate displacements per axis
+    c.mu_layer.reduction = 4  # 1x1 conv D -> D / reduction before matching
+    c.mu_layer.tau = 1.0  # softmax temperature of the soft-argmin (DESIGN.md)
+    c.mu_layer.use_displacement = True  # ablation rows (c)/(d) vs (e) of Table 4
+    c.mu_layer.use_uncertainty = True
+    # Table 1, layers 1..7: (out_channels, kernel); layer 8 is 1x1 to D (res4 channels).
+    c.mu_layer.motion_net = ((3, 7), (16, 1), (16, 3), (32, 1), (32, 3), (32, 1), (64, 3))
+
+    # Fusion of motion and semantic features (Sec. 3.3): 'attention' (MSAM, Eq. 3) or 'add' (Table 4 f).
+    c.fusion = "attention"
+
+    # Space-time memory (STM).
+    c.key_dim = 128
+    c.value_dim = 512
+    c.decoder_dim = 256
+
+    # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
+    c.dtype = "float32"
+    return c
+
+
+def tiny_munet_config() -> ml_collections.ConfigDict:
+    """The same network at a size that initialises and runs in well under a second on CPU."""
+    c = munet_config()
+    c.backbone.stage_sizes = (1, 1, 1)
+    c.backbone.width = 8  # res2/res3/res4 channels 32/64/128
+    c.mu_layer.window = 5
+    c.mu_layer.motion_net = ((3, 3), (8, 1), (8, 3), (8, 1), (8, 3), (8, 1), (16, 3))
+    c.key_dim = 16
+    c.value_dim = 32
+    c.decoder_dim = 16
+    return c
