@@ -1,0 +1,148 @@
+"""ResNet-50 encoder (Enc-Q, Enc-R) up to res4, laid out exactly like torchvision.
+
+torchvision's `resnet50` is ResNet v1.5: in each bottleneck the stride sits on
+the 3x3 conv (conv2), and the first block of every stage has a projection
+shortcut (1x1 conv with the block's stride + BN). Only the stem and layer1..3
+are built (res2/res3/res4, strides 4/8/16); layer4 and fc are not used by MUNet.
+
+Submodule names mirror torchvision's state-dict keys so that the weight import
+in `munet_jax.pretrained` is a table, not guesswork:
+
+    torchvision key                     this module's path
+    conv1.weight                        conv1/kernel
+    bn1.{weight,bias}                   bn1/{scale,bias}          ('params')
+    bn1.{running_mean,running_var}      bn1/{mean,var}            ('batch_stats')
+    layer2.0.conv2.weight               layer2_0/conv2/kernel
+    layer2.0.downsample.0.weight        layer2_0/downsample_conv/kernel
+    layer2.0.downsample.1.*             layer2_0/downsample_bn/*
+
+BatchNorm is frozen (as in STM): it always normalises with the running
+statistics in the `batch_stats` collection and never updates them, so `apply`
+needs no `mutable=` and train/eval behave alike. The affine scale/bias stay in
+`params` and are trainable, like PyTorch's eval-mode BN affine.
+
+Spatial sizes follow PyTorch's floor formula with symmetric explicit padding:
+every stride-2 op (7x7/2 pad 3 conv, 3x3/2 pad 1 max-pool, 3x3/2 pad 1 conv,
+1x1/2 pad 0 conv) maps n -> floor((n - 1) / 2) + 1 = ceil(n / 2), so
+res2 = ceil(ceil(H / 2) / 2) = ceil(H / 4), res3 = ceil(H / 8), res4 = ceil(H / 16).
+'SAME' padding would pad (0, 1) instead of (1, 1) on even sizes and shift the
+sampling grid by one pixel relative to the PyTorch weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d / torchvision FrozenBatchNorm2d default
+EXPANSION = 4  # bottleneck output channels = EXPANSION * planes
+
+# torchvision initialises convs with kaiming_normal_(mode='fan_out', nonlinearity='relu').
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+    """PyTorch's MaxPool2d(kernel_size=3, stride=2, padding=1) on [B, H, W, C].
+
+    The padded border is -inf (flax pools pad with the reduction's identity), so
+    it never wins the max, as in PyTorch. [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C].
+    """
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+    """Bias-free conv with PyTorch's symmetric padding kernel // 2."""
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        kernel_size=(kernel, kernel),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_conv_init,
+        name=name,
+    )
+
+
+def _frozen_bn(dtype: Any, name: str) -> nn.BatchNorm:
+    """BatchNorm that always uses (and never updates) the running statistics."""
+    return nn.BatchNorm(
+        use_running_average=True,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class Bottleneck(nn.Module):
+    """torchvision `Bottleneck` (v1.5): 1x1 -> 3x3 (stride) -> 1x1 (x4), residual, ReLU.
+
+    [B, H, W, C_in] -> [B, ceil(H / stride), ceil(W / stride), EXPANSION * planes].
+    """
+
+    planes: int
+    stride: int = 1
+    downsample: bool = False  # projection shortcut (first block of each stage)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        identity = x
+        y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+        y = nn.relu(_frozen_bn(self.dtype, "bn1")(y))
+        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+        y = nn.relu(_frozen_bn(self.dtype, "bn2")(y))
+        y = _conv(EXPANSION * self.planes, 1, 1, self.dtype, "conv3")(y)
+        y = _frozen_bn(self.dtype, "bn3")(y)
+        if self.downsample:
+            identity = _conv(EXPANSION * self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
+            identity = _frozen_bn(self.dtype, "downsample_bn")(identity)
+        return nn.relu(y + identity)
+
+
+class ResNetEncoder(nn.Module):
+    """torchvision ResNet stem + layer1..layer(len(stage_sizes)), returning each stage's output.
+
+    x: [B, H, W, C] float, already ImageNet-normalised (C = 3 for Enc-Q; 4 for
+    Enc-R: RGB then the mask channel). Returns, with w = width,
+      {'res2': [B, ceil(H/4),  ceil(W/4),  4 w],
+       'res3': [B, ceil(H/8),  ceil(W/8),  8 w],
+       'res4': [B, ceil(H/16), ceil(W/16), 16 w]}
+    (for the default 3 stages; stage k > 1 halves the resolution and doubles planes).
+    """
+
+    stage_sizes: Sequence[int] = (3, 4, 6)  # ResNet-50 layer1..layer3
+    width: int = 64
+    dtype: Any = jnp.float32  # compute dtype; parameters and statistics stay float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+        if x.ndim != 4:
+            raise ValueError(f"ResNetEncoder expects [B, H, W, C] input, got shape {x.shape}")
+        x = x.astype(self.dtype)
+        x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)  # [B, H/2, W/2, w]
+        x = nn.relu(_frozen_bn(self.dtype, "bn1")(x))
+        x = max_pool_3x3_s2(x)  # [B, H/4, W/4, w]
+        features = {}
+        for stage, num_blocks in enumerate(self.stage_sizes):
+            planes = self.width * 2**stage
+            for block in range(num_blocks):
+                first = block == 0
+                x = Bottleneck(
+                    planes=planes,
+                    # layer1 keeps stride 4 (the max-pool already halved); later stages halve.
+                    stride=2 if (first and stage > 0) else 1,
+                    # torchvision adds a projection when stride != 1 or channels change:
+                    # always true on a stage's first block, never after.
+                    downsample=first,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_{block}",
+                )(x)
+            features[f"res{stage + 2}"] = x  # res2 = layer1, res3 = layer2, res4 = layer3
+        return features
