@@ -1,0 +1,168 @@
+"""Key/value embedding and the space-time memory read (STM, Oh et al. 2019).
+
+Every memory frame and the query frame are embedded into a key (for matching,
+`key_dim` = 128 channels) and a value (for decoding, `value_dim` = 512). The read
+attends from each query pixel j over ALL memory positions i (every valid frame x
+every pixel):
+
+    w_ij = exp(k_i . q_j / sqrt(Ck)) / sum_i' exp(k_i' . q_j / sqrt(Ck))
+    read_j = sum_i w_ij v_i
+
+and the decoder gets concat(read, query value), 2 * Cv channels.
+
+The memory has a fixed capacity T (so one compiled program serves a whole
+video); `mem_valid [B, T]` marks the filled slots. Invalid slots are removed
+from the softmax with `where` (not an additive -1e9, which would still give
+them weight in a row with no valid slot) and their values are zeroed, so
+whatever an empty slot holds - zeros, stale frames, NaN - has no effect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class KeyValue(nn.Module):
+    """[..., H, W, C] -> key [..., H, W, key_dim], value [..., H, W, value_dim].
+
+    Two independent 3x3 convs with bias and explicit symmetric padding 1 (as
+    STM's `KeyValue`, PyTorch `Conv2d(C, n, 3, padding=1)`), so H, W are kept.
+    Parameters stay float32; `dtype` is the compute dtype.
+    """
+
+    key_dim: int = 128
+    value_dim: int = 512
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        for name, dim in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
+            if not isinstance(dim, int) or dim <= 0:
+                raise ValueError(f"KeyValue.{name}={dim!r}: must be a positive integer (STM uses 128 / 512)")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if x.ndim < 3:
+            raise ValueError(f"KeyValue expects [..., H, W, C] input, got shape {x.shape}")
+
+        def conv(features, name):
+            return nn.Conv(
+                features,
+                kernel_size=(3, 3),
+                padding=((1, 1), (1, 1)),
+                use_bias=True,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=name,
+            )
+
+        return conv(self.key_dim, "key")(x), conv(self.value_dim, "value")(x)
+
+
+def _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value) -> None:
+    if mem_keys.ndim != 5 or mem_values.ndim != 5:
+        raise ValueError(
+            f"mem_keys {mem_keys.shape} and mem_values {mem_values.shape} must be [B, T, H, W, C]; "
+            "fold any object axis into B first"
+        )
+    if q_key.ndim != 4 or q_value.ndim != 4:
+        raise ValueError(f"q_key {q_key.shape} and q_value {q_value.shape} must be [B, H, W, C]")
+    b, t = mem_keys.shape[:2]
+    if mem_values.shape[:4] != mem_keys.shape[:4]:
+        raise ValueError(f"mem_values {mem_values.shape} and mem_keys {mem_keys.shape} differ in [B, T, H, W]")
+    if mem_valid.shape != (b, t):
+        raise ValueError(f"mem_valid has shape {mem_valid.shape}; expected [B, T] = {(b, t)} (one flag per slot)")
+    if mem_valid.dtype != jnp.bool_:
+        raise ValueError(f"mem_valid has dtype {mem_valid.dtype}; pass a bool array (slot filled or not)")
+    if q_key.shape[0] != b or q_value.shape[:3] != q_key.shape[:3]:
+        raise ValueError(
+            f"q_key {q_key.shape} / q_value {q_value.shape} must share [B, H, W] with batch {b} of the memory"
+        )
+    if q_key.shape[-1] != mem_keys.shape[-1]:
+        raise ValueError(f"key channels differ: memory {mem_keys.shape[-1]}, query {q_key.shape[-1]}")
+    if q_value.shape[-1] != mem_values.shape[-1]:
+        raise ValueError(f"value channels differ: memory {mem_values.shape[-1]}, query {q_value.shape[-1]}")
+
+
+def _read(mem_keys, mem_values, mem_valid, q_key):
+    """Shared core: (read [B, HW, Cv] float32, weights [B, THW, HW] float32)."""
+    b, t, h_m, w_m, ck = mem_keys.shape
+    cv = mem_values.shape[-1]
+    n_mem = t * h_m * w_m
+    h, w = q_key.shape[1:3]
+
+    # Per memory position validity [B, THW] (slot-major, as the reshape below).
+    pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, n_mem)
+
+    mk = mem_keys.reshape(b, n_mem, ck)
+    qk = q_key.reshape(b, h * w, ck)
+    # One GEMM [B, THW, Ck] x [B, Ck, HW] -> [B, THW, HW]; accumulate in float32
+    # even for bfloat16 operands, and scale after the matmul so the 1/sqrt(Ck)
+    # factor is not rounded to bfloat16.
+    logits = jnp.einsum("bmc,bqc->bmq", mk, qk, preferred_element_type=jnp.float32)
+    logits = logits.astype(jnp.float32) * (1.0 / jnp.sqrt(jnp.float32(ck)))
+
+    # Softmax over the memory axis (1), restricted to valid positions. A row with
+    # no valid position has max -inf: shift by 0 instead, so every exp is
+    # exp(-inf) = 0 and the weights (and the read) are zeros, not NaN.
+    logits = jnp.where(pos_valid[:, :, None], logits, -jnp.inf)
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))  # [B, 1, HW]
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    e = jnp.exp(logits - row_max)
+    denom = jnp.sum(e, axis=1, keepdims=True)
+    weights = e / jnp.where(denom > 0, denom, 1.0)  # [B, THW, HW]
+
+    # Zero invalid values so that non-finite garbage in an empty slot cannot
+    # leak through 0 * NaN. Second GEMM: [B, HW, THW] x [B, THW, Cv]; the weights
+    # go to the values' dtype (bfloat16 under mixed precision), accumulation is float32.
+    mv = jnp.where(pos_valid[:, :, None], mem_values.reshape(b, n_mem, cv), 0)
+    read = jnp.einsum("bmq,bmv->bqv", weights.astype(mv.dtype), mv, preferred_element_type=jnp.float32)
+    return read, weights
+
+
+def memory_read_with_weights(
+    mem_keys: jax.Array,
+    mem_values: jax.Array,
+    mem_valid: jax.Array,
+    q_key: jax.Array,
+    q_value: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """`memory_read` plus the attention weights.
+
+    Returns (out [B, H, W, 2 * Cv] in q_value's dtype,
+             weights [B, T, Hm, Wm, H, W] float32), where weights[b, t, y, x, qy, qx]
+    is the weight of memory position (t, y, x) for query pixel (qy, qx); it sums
+    to 1 over (t, y, x) where the row has a valid slot and is 0 elsewhere.
+    """
+    _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
+    b, t, h_m, w_m = mem_keys.shape[:4]
+    h, w = q_key.shape[1:3]
+    read, weights = _read(mem_keys, mem_values, mem_valid, q_key)
+    read = read.reshape(b, h, w, -1).astype(q_value.dtype)
+    out = jnp.concatenate([read, q_value], axis=-1)
+    return out, weights.reshape(b, t, h_m, w_m, h, w)
+
+
+def memory_read(
+    mem_keys: jax.Array,
+    mem_values: jax.Array,
+    mem_valid: jax.Array,
+    q_key: jax.Array,
+    q_value: jax.Array,
+) -> jax.Array:
+    """Space-time memory read, concatenated with the query value.
+
+    mem_keys [B, T, Hm, Wm, Ck], mem_values [B, T, Hm, Wm, Cv], mem_valid [B, T]
+    bool, q_key [B, H, W, Ck], q_value [B, H, W, Cv] -> [B, H, W, 2 * Cv] =
+    concat(read, q_value) in q_value's dtype. (Hm, Wm is the query's H, W in
+    MUNet; any memory resolution works.) The similarity and the softmax are
+    float32 whatever the input dtype. A row without any valid slot reads zeros.
+    """
+    _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
+    b, h, w = q_key.shape[:3]
+    read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
+    read = read.reshape(b, h, w, -1).astype(q_value.dtype)
+    return jnp.concatenate([read, q_value], axis=-1)

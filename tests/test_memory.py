@@ -1,0 +1,151 @@
+"""Key/value embedding and space-time memory read against loop references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from munet_jax.models.memory import KeyValue, memory_read, memory_read_with_weights
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def _attention_loops(keys, values, q_key, q_value):
+    """One frame, one batch element, written with explicit loops.
+
+    keys [N, Ck], values [N, Cv] (memory pixels), q_key [M, Ck], q_value [M, Cv]
+    -> weights [N, M], out [M, 2 Cv].
+    """
+    n, ck = keys.shape
+    m = q_key.shape[0]
+    scores = np.zeros((n, m), np.float64)
+    for i in range(n):
+        for j in range(m):
+            scores[i, j] = sum(float(keys[i, c]) * float(q_key[j, c]) for c in range(ck)) / np.sqrt(ck)
+    weights = np.zeros_like(scores)
+    for j in range(m):
+        col = np.exp(scores[:, j] - scores[:, j].max())
+        weights[:, j] = col / col.sum()
+    read = np.zeros((m, values.shape[1]))
+    for j in range(m):
+        for i in range(n):
+            read[j] += weights[i, j] * values[i]
+    return weights, np.concatenate([read, q_value], axis=-1)
+
+
+def test_one_frame_matches_hand_computed_attention():
+    rng = np.random.default_rng(0)
+    h, w, ck, cv = 2, 3, 4, 3
+    mk, mv = _rand(rng, 1, 1, h, w, ck), _rand(rng, 1, 1, h, w, cv)
+    qk, qv = _rand(rng, 1, h, w, ck), _rand(rng, 1, h, w, cv)
+    out, weights = memory_read_with_weights(mk, mv, np.ones((1, 1), bool), qk, qv)
+    ref_w, ref_out = _attention_loops(
+        mk.reshape(h * w, ck), mv.reshape(h * w, cv), qk.reshape(h * w, ck), qv.reshape(h * w, cv)
+    )
+    assert out.shape == (1, h, w, 2 * cv)
+    np.testing.assert_allclose(np.asarray(out).reshape(h * w, 2 * cv), ref_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(weights).reshape(h * w, h * w), ref_w, rtol=1e-5, atol=1e-7)
+
+
+def test_softmax_runs_over_all_frames_and_pixels():
+    """Two frames: the weights are one softmax over both frames' pixels (not per frame)."""
+    rng = np.random.default_rng(1)
+    h, w, ck, cv = 2, 2, 3, 2
+    mk, mv = _rand(rng, 1, 2, h, w, ck), _rand(rng, 1, 2, h, w, cv)
+    qk, qv = _rand(rng, 1, h, w, ck), _rand(rng, 1, h, w, cv)
+    out = memory_read(mk, mv, np.ones((1, 2), bool), qk, qv)
+    _, ref = _attention_loops(
+        mk.reshape(2 * h * w, ck), mv.reshape(2 * h * w, cv), qk.reshape(h * w, ck), qv.reshape(h * w, cv)
+    )
+    np.testing.assert_allclose(np.asarray(out).reshape(h * w, 2 * cv), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_invalid_slots_have_no_effect():
+    rng = np.random.default_rng(2)
+    b, t, h, w, ck, cv = 2, 4, 2, 3, 8, 5
+    mk, mv = _rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv)
+    qk, qv = _rand(rng, b, h, w, ck), _rand(rng, b, h, w, cv)
+    valid = np.array([[True, False, True, False], [False, True, True, True]])
+    # Garbage in the empty slots: huge values, an inf and a NaN.
+    mk_bad, mv_bad = mk.copy(), mv.copy()
+    mk_bad[~valid] = 1e4 * _rand(rng, int((~valid).sum()), h, w, ck)
+    mv_bad[~valid] = 1e6 * _rand(rng, int((~valid).sum()), h, w, cv)
+    mk_bad[0, 1, 0, 0, 0] = np.inf
+    mv_bad[1, 0, 1, 1, 2] = np.nan
+    out = np.asarray(memory_read(mk_bad, mv_bad, valid, qk, qv))
+    assert np.all(np.isfinite(out))
+    for i in range(b):  # the same read with the empty slots dropped
+        keep = valid[i]
+        ref = memory_read(
+            mk[i : i + 1, keep], mv[i : i + 1, keep], np.ones((1, keep.sum()), bool), qk[i : i + 1], qv[i : i + 1]
+        )
+        np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_all_invalid_reads_zeros_and_has_finite_gradient():
+    rng = np.random.default_rng(3)
+    mk, mv = _rand(rng, 2, 2, 2, 2, 4), _rand(rng, 2, 2, 2, 2, 3)
+    qk, qv = _rand(rng, 2, 2, 2, 4), _rand(rng, 2, 2, 2, 3)
+    valid = np.array([[False, False], [True, False]])
+    out = np.asarray(memory_read(mk, mv, valid, qk, qv))
+    assert np.all(np.isfinite(out))
+    np.testing.assert_array_equal(out[0, ..., :3], 0.0)  # read part of the empty row
+    np.testing.assert_array_equal(out[0, ..., 3:], qv[0])  # query value passed through
+    assert np.abs(out[1, ..., :3]).sum() > 0
+
+    grads = jax.grad(lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv) ** 2), argnums=(0, 1, 2))(mk, mv, qk)
+    for g in grads:
+        assert np.all(np.isfinite(np.asarray(g)))
+    np.testing.assert_array_equal(np.asarray(grads[0])[~valid], 0.0)  # no gradient into empty slots
+
+
+def test_bfloat16_close_to_float32():
+    rng = np.random.default_rng(4)
+    b, t, h, w, ck, cv = 1, 3, 4, 4, 16, 8
+    args = [_rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv), np.ones((b, t), bool)]
+    q = [_rand(rng, b, h, w, ck), _rand(rng, b, h, w, cv)]
+    ref = np.asarray(memory_read(*args, *q))
+    bf = [jnp.asarray(x, jnp.bfloat16) for x in (args[0], args[1], q[0], q[1])]
+    out, weights = memory_read_with_weights(bf[0], bf[1], args[2], bf[2], bf[3])
+    assert out.dtype == jnp.bfloat16 and weights.dtype == jnp.float32
+    out = np.asarray(out, np.float32)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out, ref, atol=0.08, rtol=0.05)
+    np.testing.assert_allclose(np.asarray(weights).sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+def test_memory_read_rejects_bad_shapes():
+    z = np.zeros
+    with pytest.raises(ValueError, match="mem_valid"):
+        memory_read(z((1, 2, 2, 2, 4)), z((1, 2, 2, 2, 3)), z((1, 3), bool), z((1, 2, 2, 4)), z((1, 2, 2, 3)))
+    with pytest.raises(ValueError, match="bool"):
+        memory_read(z((1, 2, 2, 2, 4)), z((1, 2, 2, 2, 3)), z((1, 2)), z((1, 2, 2, 4)), z((1, 2, 2, 3)))
+    with pytest.raises(ValueError, match="key channels"):
+        memory_read(z((1, 2, 2, 2, 4)), z((1, 2, 2, 2, 3)), z((1, 2), bool), z((1, 2, 2, 5)), z((1, 2, 2, 3)))
+
+
+def test_key_value_is_two_3x3_convs_with_bias():
+    rng = np.random.default_rng(5)
+    x = _rand(rng, 2, 3, 4, 5, 6)  # extra leading axis: [B, K, H, W, C]
+    mod = KeyValue(key_dim=3, value_dim=2)
+    params = mod.init(jax.random.PRNGKey(0), x)["params"]
+    assert params["key"]["kernel"].shape == (3, 3, 6, 3) and params["key"]["bias"].shape == (3,)
+    assert params["value"]["kernel"].shape == (3, 3, 6, 2)
+    params = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    key, value = mod.apply({"params": params}, x)
+    assert key.shape == (2, 3, 4, 5, 3) and value.shape == (2, 3, 4, 5, 2)
+
+    # Reference: zero-pad by 1 and correlate (PyTorch Conv2d semantics), NumPy.
+    def conv(img, kern, bias):  # img [H, W, C], kern [3, 3, C, O]
+        pad = np.pad(img, ((1, 1), (1, 1), (0, 0)))
+        out = np.zeros(img.shape[:2] + (kern.shape[-1],))
+        for y in range(img.shape[0]):
+            for xx in range(img.shape[1]):
+                out[y, xx] = np.einsum("ijc,ijco->o", pad[y : y + 3, xx : xx + 3], kern) + bias
+        return out
+
+    for name, got in (("key", key), ("value", value)):
+        ref = conv(x[1, 2], np.asarray(params[name]["kernel"]), np.asarray(params[name]["bias"]))
+        np.testing.assert_allclose(np.asarray(got)[1, 2], ref, rtol=1e-4, atol=1e-4)
