@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     valid = jnp.ones((1, k), bool)
 
     model = build_model(tiny_munet_config())
-    variables = init_variables(model, jax.random.PRNGKey(args.seed), (args.height, args.width), k)
+    variables = init_variables(model, args.seed, (args.height, args.width), k)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
     print(f"tiny MUNet: {n_params:,} parameters")
     optimizer = optax.adamw(args.lr)

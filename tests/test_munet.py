@@ -26,7 +26,7 @@ def _tiny(**overrides):
 @functools.lru_cache(maxsize=None)
 def _model_and_variables(overrides=()):
     model = build_model(_tiny(**dict(overrides)))
-    variables = init_variables(model, jax.random.PRNGKey(0), image_hw=(48, 64), num_objects=2)
+    variables = init_variables(model, 0, image_hw=(48, 64), num_objects=2)
     return model, variables
 
 
@@ -36,6 +36,7 @@ def _inputs(rng, hw=(50, 70), k=2, t=2):
     return images, masks
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def _segment(model, variables, images, masks, object_valid, mem_valid=None):
     """Writes frame 1 to memory, segments frame 3 with frame 2 as I_{t-1}."""
     keys, values = model.apply(variables, images[0], masks, method=model.encode_memory)
@@ -143,7 +144,7 @@ def test_gradients_reach_mu_layer_and_msam():
         out = _segment(model, {**variables, "params": params}, images, masks, valid)
         return segmentation_loss(out["logits"], labels, valid)[0]
 
-    grads = jax.grad(loss_fn)(variables["params"])
+    grads = jax.jit(jax.grad(loss_fn))(variables["params"])
     for name in ("mu_layer", "fusion"):
         for path, g in jax.tree_util.tree_leaves_with_path(grads[name]):
             g = np.asarray(g)
