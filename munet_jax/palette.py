@@ -79,6 +79,7 @@ def write_indexed_png(path: str | os.PathLike, ids: np.ndarray, palette: np.ndar
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a results folder is meant to be shared
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
     except BaseException:
