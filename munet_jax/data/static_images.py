@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-from munet_jax.data.davis import (
+from munet_jax.data.folder_source import (
     DatasetLayoutError,
     image_size,
     list_stems,

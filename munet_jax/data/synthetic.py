@@ -209,6 +209,26 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def _check_counts(num_train: int, num_eval: int, eval_name: str) -> None:
+    if num_train < 0 or num_eval < 0 or num_train + num_eval < 1:
+        raise ValueError(f"need num_train, {eval_name} >= 0 and at least one video, got {num_train}, {num_eval}")
+
+
+def _write_frames(image_dir: Path, names: list[str], frames: np.ndarray, jpeg_quality: int) -> None:
+    """Frame t as `image_dir/<names[t]>.jpg`, creating the folder."""
+    image_dir.mkdir(parents=True)
+    for name, rgb in zip(names, frames):
+        _write_jpeg(image_dir / f"{name}.jpg", rgb, jpeg_quality)
+
+
+def _write_manifest(root: Path, layout: str, seed: int, jpeg_quality: int, params: dict, described: dict, **counts) -> None:
+    """SYNTHETIC.json: how the set was generated and what each video holds (written last)."""
+    _write_json(root / "SYNTHETIC.json", {
+        "generator": "munet_jax.data.synthetic", "format_version": FORMAT_VERSION, "layout": layout,
+        "seed": seed, "jpeg_quality": jpeg_quality, **counts, **params, "videos": described,
+    })
+
+
 def generate_davis_layout(
     root: str | os.PathLike,
     *,
@@ -226,11 +246,11 @@ def generate_davis_layout(
 ) -> Path:
     """Writes the set in the DAVIS 2017 layout (see the module docstring); returns `root`."""
     _check_args(num_frames, height, width, max_objects, jpeg_quality, twins_fraction=twins_fraction)
-    if num_train < 0 or num_val < 0 or num_train + num_val < 1:
-        raise ValueError(f"need num_train, num_val >= 0 and at least one video, got {num_train}, {num_val}")
+    _check_counts(num_train, num_val, "num_val")
     root = Path(root)
     params = dict(num_frames=num_frames, height=height, width=width, twins_fraction=twins_fraction,
                   max_objects=max_objects, noise_std=noise_std)
+    frame_names = [f"{t:05d}" for t in range(num_frames)]
     with _staging_dir(root, overwrite) as tmp:
         described = {}
         for split, count in (("train", num_train), ("val", num_val)):
@@ -238,21 +258,15 @@ def generate_davis_layout(
             for i in range(count):
                 name = f"{split}-{i:04d}"
                 scene, frames, masks = synthetic_video(seed, split, i, **params)
-                image_dir = tmp / "JPEGImages" / "480p" / name
-                image_dir.mkdir(parents=True)
+                _write_frames(tmp / "JPEGImages" / "480p" / name, frame_names, frames, jpeg_quality)
                 for t in range(num_frames):
-                    _write_jpeg(image_dir / f"{t:05d}.jpg", frames[t], jpeg_quality)
-                    write_indexed_png(tmp / "Annotations" / "480p" / name / f"{t:05d}.png", masks[t])
+                    write_indexed_png(tmp / "Annotations" / "480p" / name / f"{frame_names[t]}.png", masks[t])
                 names.append(name)
                 described[name] = {"split": split, **_describe(scene, masks)}
             sets = tmp / "ImageSets" / "2017"
             sets.mkdir(parents=True, exist_ok=True)
             (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-        _write_json(tmp / "SYNTHETIC.json", {
-            "generator": "munet_jax.data.synthetic", "format_version": FORMAT_VERSION, "layout": "davis2017",
-            "seed": seed, "num_train": num_train, "num_val": num_val, "jpeg_quality": jpeg_quality,
-            **params, "videos": described,
-        })
+        _write_manifest(tmp, "davis2017", seed, jpeg_quality, params, described, num_train=num_train, num_val=num_val)
     return root
 
 
@@ -286,8 +300,7 @@ def generate_youtube_layout(
     _check_args(
         num_frames, height, width, max_objects, jpeg_quality, twins_fraction=twins_fraction, enter_fraction=enter_fraction
     )
-    if num_train < 0 or num_valid < 0 or num_train + num_valid < 1:
-        raise ValueError(f"need num_train, num_valid >= 0 and at least one video, got {num_train}, {num_valid}")
+    _check_counts(num_train, num_valid, "num_valid")
     root = Path(root)
     params = dict(num_frames=num_frames, height=height, width=width, twins_fraction=twins_fraction,
                   max_objects=max_objects, enter_fraction=enter_fraction, speed=speed, noise_std=noise_std)
@@ -301,10 +314,7 @@ def generate_youtube_layout(
                 if name in described:
                     raise RuntimeError(f"video name collision {name}; use another seed")
                 scene, frames, masks = synthetic_video(seed, stream, i, **params)
-                image_dir = tmp / split / "JPEGImages" / name
-                image_dir.mkdir(parents=True)
-                for t in range(num_frames):
-                    _write_jpeg(image_dir / f"{frame_names[t]}.jpg", frames[t], jpeg_quality)
+                _write_frames(tmp / split / "JPEGImages" / name, frame_names, frames, jpeg_quality)
                 visible = np.stack([(masks == o.object_id).any(axis=(1, 2)) for o in scene.objects])  # bool [N, T]
                 first = visible.argmax(axis=1)  # [N] first frame where each object shows (all show somewhere)
                 objects = {}
@@ -323,11 +333,8 @@ def generate_youtube_layout(
                         write_indexed_png(anno_dir / f"{frame_names[t]}.png", np.where(np.isin(masks[t], new_ids), masks[t], 0))
                 described[name] = {"split": split, **_describe(scene, masks)}
             _write_json(tmp / split / "meta.json", {"videos": meta})
-        _write_json(tmp / "SYNTHETIC.json", {
-            "generator": "munet_jax.data.synthetic", "format_version": FORMAT_VERSION, "layout": "youtube_vos2018",
-            "seed": seed, "num_train": num_train, "num_valid": num_valid, "jpeg_quality": jpeg_quality,
-            "frame_step": YOUTUBE_FRAME_STEP, **params, "videos": described,
-        })
+        _write_manifest(tmp, "youtube_vos2018", seed, jpeg_quality, params, described,
+                        num_train=num_train, num_valid=num_valid, frame_step=YOUTUBE_FRAME_STEP)
     return root
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from munet_jax.data import tfds_builders  # noqa: F401  (registers the builders with TFDS)
-from munet_jax.data.davis import DatasetLayoutError, decode_image_bytes
+from munet_jax.data.folder_source import DatasetLayoutError, check_frame_indices, decode_image_bytes
 from munet_jax.data.source import VideoInfo
 
 __all__ = ["TfdsVideoSource"]
@@ -76,10 +76,7 @@ class TfdsVideoSource:
     def load(self, index: int, frame_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Frames uint8 [n, H, W, 3] RGB and masks uint8 [n, H, W] (zeros where not annotated)."""
         info = self.info(index)
-        indices = [int(t) for t in frame_indices]
-        bad = [t for t in indices if not 0 <= t < info.num_frames]
-        if bad:
-            raise IndexError(f"{self.name}/{info.video_id}: frame indices {bad} outside 0..{info.num_frames - 1}")
+        indices = check_frame_indices(f"{self.name}/{info.video_id}", info.num_frames, frame_indices)
         record = self._records[index]
         if _text(record["video_id"]) != info.video_id:
             raise DatasetLayoutError(
