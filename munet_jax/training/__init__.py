@@ -1,0 +1,1 @@
+"""Training: state, data-parallel step, mesh, checkpoints, summaries, input, loop (`loop.train`)."""
