@@ -289,3 +289,9 @@ def test_bad_layout_arguments_are_named(tmp_path):
     with pytest.raises(FileExistsError, match="not a folder"):
         synthetic.generate_davis_layout(tmp_path / "file", num_train=1, num_val=0, **SMALL)
     assert not (tmp_path / "x").exists()
+
+
+def test_youtube_layout_with_an_empty_train_split(tmp_path):
+    root = synthetic.generate_youtube_layout(tmp_path / "y", num_train=0, num_valid=1, **SMALL)
+    assert json.loads((root / "train" / "meta.json").read_text()) == {"videos": {}}
+    assert len(json.loads((root / "valid" / "meta.json").read_text())["videos"]) == 1

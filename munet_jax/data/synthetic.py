@@ -332,6 +332,7 @@ def generate_youtube_layout(
                         new_ids = [o.object_id for k, o in enumerate(scene.objects) if first[k] == t]
                         write_indexed_png(anno_dir / f"{frame_names[t]}.png", np.where(np.isin(masks[t], new_ids), masks[t], 0))
                 described[name] = {"split": split, **_describe(scene, masks)}
+            (tmp / split).mkdir(parents=True, exist_ok=True)  # a split may have no videos
             _write_json(tmp / split / "meta.json", {"videos": meta})
         _write_manifest(tmp, "youtube_vos2018", seed, jpeg_quality, params, described,
                         num_train=num_train, num_valid=num_valid, frame_step=YOUTUBE_FRAME_STEP)
