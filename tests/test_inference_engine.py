@@ -75,8 +75,13 @@ def test_bucket_choice():
     buckets = inference_config().size_buckets
     assert choose_size_bucket(480, 854, buckets) == (480, 864)
     assert choose_size_bucket(480, 910, buckets) == (480, 912)
-    assert choose_size_bucket(481, 800, buckets) == (720, 1280)
+    assert choose_size_bucket(481, 800, buckets) == (512, 832)  # less than half of 720x1280
     assert choose_size_bucket(1080, 1920, buckets) == (1088, 1920)
+    # Far smaller than every bucket: the next multiples of 64, not 480x864 (30x the pixels).
+    assert choose_size_bucket(96, 128, buckets) == (128, 128)
+    assert choose_size_bucket(240, 432, buckets) == (256, 448)
+    # Half a bucket or more: the bucket, so near-bucket sizes keep sharing one program.
+    assert choose_size_bucket(400, 700, buckets) == (480, 864)
     assert [choose_object_bucket(k, (1, 2, 4, 8, 16)) for k in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
 
 

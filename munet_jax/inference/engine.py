@@ -52,8 +52,17 @@ class InferenceState:
 # ---------------------------------------------------------------- host side: buckets
 
 
+SMALL_FRAME_GRID = 64  # frames far smaller than every bucket are padded to this grid instead
+
+
 def choose_size_bucket(height: int, width: int, buckets) -> tuple[int, int]:
-    """The smallest-area bucket (Hb, Wb) with Hb >= height and Wb >= width."""
+    """The smallest-area bucket (Hb, Wb) with Hb >= height and Wb >= width.
+
+    A frame that would fill less than half of that bucket (e.g. a 96x128 video
+    against 480x864: 3% of the area, 30x the work) is padded to the next
+    multiple of SMALL_FRAME_GRID instead, which small videos of similar sizes
+    still share.
+    """
     fits = [tuple(b) for b in buckets if b[0] >= height and b[1] >= width]
     if not fits:
         raise ValueError(
@@ -61,7 +70,11 @@ def choose_size_bucket(height: int, width: int, buckets) -> tuple[int, int]:
             f"{[tuple(b) for b in buckets]}: add a bucket (H, W), multiples of 16, that holds it "
             "(e.g. --config.inference.size_buckets), or resize the video"
         )
-    return min(fits, key=lambda b: (b[0] * b[1], b))
+    best = min(fits, key=lambda b: (b[0] * b[1], b))
+    grid = (-(-height // SMALL_FRAME_GRID) * SMALL_FRAME_GRID, -(-width // SMALL_FRAME_GRID) * SMALL_FRAME_GRID)
+    if 2 * grid[0] * grid[1] <= best[0] * best[1]:
+        return grid
+    return best
 
 
 def choose_object_bucket(num_objects: int, buckets) -> int:
