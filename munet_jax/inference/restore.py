@@ -10,6 +10,7 @@ training loop (DESIGN.md: nothing imports a loop module).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,10 @@ def load_model(checkpoint: str | Path, *, step: int | None = None, dtype: str | 
     like = jax.eval_shape(lambda: init_variables(model, 0, (64, 64), 1))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), like)
+    # Orbax logs a warning per read-only manager ("Given directory is read only"): noise here.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True), item_names=ITEM_NAMES)
     try:
         available = list(manager.all_steps())
@@ -90,6 +95,7 @@ def load_model(checkpoint: str | Path, *, step: int | None = None, dtype: str | 
         restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))
     finally:
         manager.close()
+        absl_logger.setLevel(level)
     variables = {"params": restored["model"]["params"], "batch_stats": restored["model"]["batch_stats"]}
     return LoadedModel(model, variables, config, int(step), workdir)
 
