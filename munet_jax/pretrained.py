@@ -276,6 +276,13 @@ def load_resnet_into(
     src_width, src_blocks = checkpoint_architecture(body)
     new = _copy_tree(variables)
     for name in encoder_names:
+        if name in variables.get("params", {}) and name not in variables.get("batch_stats", {}):
+            raise PretrainedWeightsError(
+                source,
+                hint=(f"encoder {name!r} has no BatchNorm statistics: it was built with "
+                      "backbone.norm='group_norm'; ImageNet / Mask R-CNN weights need "
+                      "--config.model.backbone.norm=frozen_bn"),
+            )
         for collection in ("params", "batch_stats"):
             if name not in variables.get(collection, {}):
                 raise KeyError(

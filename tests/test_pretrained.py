@@ -279,3 +279,11 @@ def test_full_resnet50_checkpoint_fits_full_encoders(tmp_path):
     rgb = new["params"]["enc_r"]["conv1"]["kernel"][:, :, :3]
     np.testing.assert_array_equal(rgb, sd["conv1.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(new["batch_stats"]["enc_q"]["layer3_5"]["bn3"]["var"], sd["layer3.5.bn3.running_var"])
+
+
+def test_group_norm_encoders_refuse_imagenet_weights():
+    model = ResNetEncoder(stage_sizes=STAGES, width=8, norm="group_norm")
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    variables = {"params": {"enc_q": params["params"]}}
+    with pytest.raises(PretrainedWeightsError, match="backbone.norm=frozen_bn"):
+        load_resnet_into(variables, FIXTURES / "resnet_narrow.safetensors", encoder_names=("enc_q",))

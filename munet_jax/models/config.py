@@ -19,6 +19,9 @@ def munet_config() -> ml_collections.ConfigDict:
     c.backbone = ml_collections.ConfigDict()
     c.backbone.stage_sizes = (3, 4, 6)  # bottleneck blocks in res2, res3, res4 (ResNet-50)
     c.backbone.width = 64  # stem width; stage widths 64/128/256, x4 expansion -> 256/512/1024 channels
+    # 'frozen_bn' (STM; what ImageNet / Mask R-CNN weights need) or 'group_norm' (32 groups,
+    # for training from random weights: frozen BN at its initial statistics normalises nothing).
+    c.backbone.norm = "frozen_bn"
 
     # MU-Layer (Sec. 3.2).
     c.mu_layer = ml_collections.ConfigDict()

@@ -87,8 +87,10 @@ class MUNet(nn.Module):
         dtype = compute_dtype(c)
         width = c.backbone.width
         self.feature_dim = 16 * width  # res4 channels, D in the paper (1024 for ResNet-50)
-        self.enc_q = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype)
-        self.enc_r = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype)
+        # Run configs written before backbone.norm existed are frozen-BN models.
+        norm = c.backbone.get("norm", "frozen_bn")
+        self.enc_q = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm)
+        self.enc_r = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm)
         if c.mu_layer.enabled:
             self.mu_layer = MotionUncertaintyLayer(
                 window=c.mu_layer.window,

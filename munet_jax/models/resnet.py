@@ -69,15 +69,43 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
     )
 
 
-def _frozen_bn(dtype: Any, name: str) -> nn.BatchNorm:
-    """BatchNorm that always uses (and never updates) the running statistics."""
-    return nn.BatchNorm(
-        use_running_average=True,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
+NORMS = ("frozen_bn", "group_norm")
+
+
+def _norm(kind: str, dtype: Any, name: str) -> nn.Module:
+    """The encoder's normalisation layer at a BatchNorm position.
+
+    'frozen_bn': BatchNorm that always uses (and never updates) the running statistics
+    in `batch_stats` (STM; what ImageNet weights need). 'group_norm': GroupNorm with 32
+    groups (fewer on narrow layers: one per channel below 32 channels), no running
+    statistics; for training from random weights, where frozen BN with its initial
+    statistics (mean 0, var 1) normalises nothing.
+    """
+    if kind == "frozen_bn":
+        return nn.BatchNorm(
+            use_running_average=True,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
+    if kind == "group_norm":
+        return _GroupNorm32(dtype=dtype, name=name)
+    raise ValueError(f"backbone.norm={kind!r}: expected one of {NORMS}")
+
+
+class _GroupNorm32(nn.Module):
+    """GroupNorm with min(32, C) groups; scale/bias named like BN's affine. [B, H, W, C] -> same."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        groups = min(32, x.shape[-1])
+        while x.shape[-1] % groups:  # channel counts that 32 does not divide
+            groups -= 1
+        return nn.GroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=self.dtype, param_dtype=jnp.float32,
+                            name="gn")(x)
 
 
 class Bottleneck(nn.Module):
@@ -90,19 +118,20 @@ class Bottleneck(nn.Module):
     stride: int = 1
     downsample: bool = False  # projection shortcut (first block of each stage)
     dtype: Any = jnp.float32
+    norm: str = "frozen_bn"  # see _norm
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x
         y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
-        y = nn.relu(_frozen_bn(self.dtype, "bn1")(y))
+        y = nn.relu(_norm(self.norm, self.dtype, "bn1")(y))
         y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
-        y = nn.relu(_frozen_bn(self.dtype, "bn2")(y))
+        y = nn.relu(_norm(self.norm, self.dtype, "bn2")(y))
         y = _conv(EXPANSION * self.planes, 1, 1, self.dtype, "conv3")(y)
-        y = _frozen_bn(self.dtype, "bn3")(y)
+        y = _norm(self.norm, self.dtype, "bn3")(y)
         if self.downsample:
             identity = _conv(EXPANSION * self.planes, 1, self.stride, self.dtype, "downsample_conv")(x)
-            identity = _frozen_bn(self.dtype, "downsample_bn")(identity)
+            identity = _norm(self.norm, self.dtype, "downsample_bn")(identity)
         return nn.relu(y + identity)
 
 
@@ -120,6 +149,7 @@ class ResNetEncoder(nn.Module):
     stage_sizes: Sequence[int] = (3, 4, 6)  # ResNet-50 layer1..layer3
     width: int = 64
     dtype: Any = jnp.float32  # compute dtype; parameters and statistics stay float32
+    norm: str = "frozen_bn"  # 'frozen_bn' (ImageNet weights) or 'group_norm' (from scratch), see _norm
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -127,7 +157,7 @@ class ResNetEncoder(nn.Module):
             raise ValueError(f"ResNetEncoder expects [B, H, W, C] input, got shape {x.shape}")
         x = x.astype(self.dtype)
         x = _conv(self.width, 7, 2, self.dtype, "conv1")(x)  # [B, H/2, W/2, w]
-        x = nn.relu(_frozen_bn(self.dtype, "bn1")(x))
+        x = nn.relu(_norm(self.norm, self.dtype, "bn1")(x))
         x = max_pool_3x3_s2(x)  # [B, H/4, W/4, w]
         features = {}
         for stage, num_blocks in enumerate(self.stage_sizes):
@@ -142,6 +172,7 @@ class ResNetEncoder(nn.Module):
                     # always true on a stage's first block, never after.
                     downsample=first,
                     dtype=self.dtype,
+                    norm=self.norm,
                     name=f"layer{stage + 1}_{block}",
                 )(x)
             features[f"res{stage + 2}"] = x  # res2 = layer1, res3 = layer2, res4 = layer3
