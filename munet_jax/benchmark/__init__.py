@@ -1,0 +1,1 @@
+"""Benchmark suite: `python -m munet_jax.benchmark --help`."""

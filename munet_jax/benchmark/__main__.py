@@ -1,0 +1,85 @@
+"""Benchmarks of every hot path of MUNet; prints the figures and records them.
+
+    python -m munet_jax.benchmark {inference,training,parts,pipeline,all} [flags]
+
+  inference  per-frame latency / FPS of the inference engine's jitted step at
+             --size (padded to the engine's bucket) for every --objects x
+             --memory x --dtype; compile time, XLA FLOPs, GFLOP/s, MFU, peak memory
+  training   the jitted train step on 6-frame --train_size clips: step time,
+             clips/s (on GPU the per-device batch is the largest of 1, 2, 4, ...
+             that fits, unless --batch), compile time, FLOPs, memory
+  parts      Enc-Q, Enc-R, MU-Layer, cost volume, MSAM, query key/value, memory
+             read, decoder, each jitted alone on the real shapes
+  pipeline   clips/s of the tf.data training pipeline (TensorFlow needed)
+  all        all four
+
+Results go to --out/<device-kind>-<date>.json and .md; a run replaces the rows
+of the settings it measures again and keeps the others of that day's file. --tiny uses the tiny config.
+Examples:
+  python -m munet_jax.benchmark inference --objects 1 --memory 5 --dtype float32 --repeats 5
+  python -m munet_jax.benchmark training --tiny --batch 1
+  python -m munet_jax.benchmark all --tiny --size 64x64 --train_size 64x64 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+COMMANDS = ("inference", "training", "parts", "pipeline", "all")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m munet_jax.benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("--size", default="480x854", help="inference frame HxW (padded to the engine's bucket)")
+    p.add_argument("--objects", default="1,3", help="object counts (inference; parts use the first)")
+    p.add_argument("--memory", default="1,5,20", help="memory frames in the bank (inference)")
+    p.add_argument("--parts_memory", type=int, default=5, help="memory frames for the parts table")
+    p.add_argument("--dtype", default="float32,bfloat16", help="compute dtypes")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls after the warm-up")
+    p.add_argument("--tiny", action="store_true", help="tiny model config (quick runs, tests)")
+    p.add_argument("--train_size", default="400x400", help="training crop HxW (the paper: 400x400)")
+    p.add_argument("--batch", type=int, default=0, help="per-device training batch (0: search on GPU, 1 on CPU)")
+    p.add_argument("--max_batch", type=int, default=64, help="upper end of the batch search")
+    p.add_argument("--pipeline_batch", type=int, default=8)
+    p.add_argument("--pipeline_steps", type=int, default=10)
+    p.add_argument("--pipeline_warmup", type=int, default=3)
+    p.add_argument("--peak_gflops", type=float, default=None,
+                   help="peak GFLOP/s for MFU (default: datasheet for H100/H200, assumed 350 on CPU)")
+    p.add_argument("--out", default="benchmarks/results", help="results folder ('' : do not write)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*donated buffers were not usable.*")
+    from munet_jax.benchmark import common, report
+
+    info = common.device_info()
+    print(f"{info['device_kind']} ({info['platform']}), {info['num_devices']} device(s), {info['cpu_cores']} CPU cores, "
+          f"jax {info['versions']['jax']}, load average {info['load_average']}", flush=True)
+    commands = ("inference", "parts", "training", "pipeline") if args.command == "all" else (args.command,)
+    sections = {}
+    for name in commands:
+        if name == "inference":
+            from munet_jax.benchmark import inference as module
+        elif name == "parts":
+            from munet_jax.benchmark import parts as module
+        elif name == "training":
+            from munet_jax.benchmark import training as module
+        else:
+            from munet_jax.benchmark import pipeline as module
+        sections[name] = module.run(args)
+    if args.out:
+        settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
+        paths = report.write(Path(args.out), info, sections, settings)
+        print("wrote " + ", ".join(str(p) for p in paths), flush=True)
+    return sections
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

@@ -1,0 +1,227 @@
+"""Shared plumbing of the benchmark suite: timing, XLA cost / memory analysis, device facts.
+
+Every measurement follows one recipe:
+
+    lowered = jitted.lower(*args)        timed: tracing + lowering to StableHLO
+    compiled = lowered.compile()         timed: XLA compilation (the compile time we report)
+    jitted(*args) once                   warm-up (reuses the compiled program: JAX caches it)
+    jitted(*args) `repeats` times        each call timed up to `jax.block_until_ready`
+
+and reports the median and the minimum (steadier on a shared machine) of the
+timed calls, the jit cache size before and after the timed loop (equal: no
+recompilation after warm-up), XLA's FLOP count of the program and the peak
+memory the backend reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+# Dense peak throughput of accelerators in TFLOP/s by compute dtype (vendor datasheets).
+PEAK_TFLOPS = {
+    "H100": {"bfloat16": 989.0, "float32": 67.0},  # H100 SXM, dense (no sparsity)
+    "H200": {"bfloat16": 989.0, "float32": 67.0},  # same compute as H100 SXM
+}
+# This 2-core CPU: an assumed figure (~350 GFLOP/s fp32, as measured for STM's decoder),
+# overridable with --peak_gflops. Not a datasheet number.
+ASSUMED_CPU_PEAK_GFLOPS = 350.0
+
+
+def peak_gflops(dtype: str, override: float | None = None) -> tuple[float | None, str]:
+    """(peak GFLOP/s for `dtype` on device 0, where the figure comes from)."""
+    if override:
+        return float(override), "--peak_gflops"
+    kind = jax.devices()[0].device_kind
+    for name, table in PEAK_TFLOPS.items():
+        if name in kind:
+            return table[dtype] * 1e3, f"{name} datasheet, dense {dtype}"
+    if jax.default_backend() == "cpu":
+        return ASSUMED_CPU_PEAK_GFLOPS, "assumed for this CPU (both cores), fp32; bf16 has no faster path here"
+    return None, f"no peak known for {kind!r}: pass --peak_gflops"
+
+
+def device_info() -> dict[str, Any]:
+    import flax
+    import jaxlib
+
+    dev = jax.devices()[0]
+    return {
+        "device_kind": dev.device_kind,
+        "platform": dev.platform,
+        "num_devices": jax.device_count(),
+        "cpu_cores": os.cpu_count(),
+        "host": platform.processor() or platform.machine(),
+        "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                     "numpy": np.__version__, "python": platform.python_version()},
+        "date": datetime.date.today().isoformat(),
+        "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def result_stem(info: dict) -> str:
+    """`<device-kind>-<date>`, file-name safe."""
+    kind = re.sub(r"[^A-Za-z0-9]+", "-", info["device_kind"]).strip("-").lower() or info["platform"]
+    return f"{kind}-{info['date']}"
+
+
+def flops_of(compiled) -> float | None:
+    """XLA's FLOP count of a compiled program; cost_analysis() is a dict in recent jax,
+    a list of dicts (one per program) in older ones; None where the backend gives none."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # backends without cost analysis
+        return None
+    if analysis is None:
+        return None
+    if isinstance(analysis, dict):
+        analysis = [analysis]
+    total = sum(float(a.get("flops", 0.0)) for a in analysis if a)
+    return total if total > 0 else None
+
+
+def compiled_memory(compiled) -> dict[str, int] | None:
+    """Arguments / outputs / temporaries of a compiled program (`memory_analysis()`), bytes."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:
+        return None
+    if m is None:
+        return None
+    out = {name: int(getattr(m, f"{name}_size_in_bytes", 0)) for name in ("argument", "output", "alias", "temp")}
+    # Donated (aliased) outputs share the arguments' buffers.
+    out["peak_estimate"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+    return out
+
+
+def device_peak_bytes() -> int | None:
+    """The allocator's peak so far (GPU / TPU); None where the backend keeps no statistics (CPU)."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:
+        return None
+    if not stats:
+        return None
+    return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
+
+
+def cache_size(jitted) -> int | None:
+    size = getattr(jitted, "_cache_size", None)
+    return size() if callable(size) else None
+
+
+@dataclasses.dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    repeats: int
+    lower_s: float
+    compile_s: float
+    flops: float | None
+    memory: dict | None
+    device_peak_bytes: int | None
+    cache_before: int | None
+    cache_after: int | None
+    warmup_calls: int = 1
+
+    @property
+    def recompiled(self) -> bool | None:
+        if self.cache_before is None or self.cache_after is None:
+            return None
+        return self.cache_after != self.cache_before
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["recompiled_after_warmup"] = self.recompiled
+        d["gflops"] = None if self.flops is None else self.flops / 1e9
+        d["achieved_gflops_per_s"] = (
+            None if self.flops is None else self.flops / 1e9 / (self.median_ms / 1e3)
+        )
+        return d
+
+
+def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None = None) -> Timing:
+    """Compile `jitted` for `args`, warm up, time `repeats` calls.
+
+    carry(args, result) -> the next call's args, for programs that donate their state
+    (the donated input is consumed, the returned state feeds the next call); by
+    default every call gets the same args.
+    """
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    flops, memory = flops_of(compiled), compiled_memory(compiled)
+    del compiled, lowered
+
+    # Warm-up: the cached program, no new compile. A stateful program gets a second
+    # warm-up call on its own output state when the first grew the cache (an output
+    # whose sharding or type differs from the input's compiles a second program).
+    warmup_calls = 0
+    while True:
+        size = cache_size(jitted)
+        result = jax.block_until_ready(jitted(*args))
+        warmup_calls += 1
+        if carry is not None:
+            args = carry(args, result)
+        if carry is None or warmup_calls >= 3 or size is None or cache_size(jitted) == size:
+            break
+    before = cache_size(jitted)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = jax.block_until_ready(jitted(*args))
+        times.append(time.perf_counter() - start)
+        if carry is not None:
+            args = carry(args, result)
+    after = cache_size(jitted)
+    jax.block_until_ready(result)
+    return Timing(
+        median_ms=statistics.median(times) * 1e3,
+        min_ms=min(times) * 1e3,
+        repeats=repeats,
+        lower_s=t1 - t0,
+        compile_s=t2 - t1,
+        flops=flops,
+        memory=memory,
+        device_peak_bytes=device_peak_bytes(),
+        cache_before=before,
+        cache_after=after,
+        warmup_calls=warmup_calls,
+    )
+
+
+def utilisation(timing: Timing, dtype: str, peak_override: float | None) -> dict:
+    """Achieved GFLOP/s and model FLOPs utilisation against the stated peak."""
+    peak, source = peak_gflops(dtype, peak_override)
+    achieved = None if timing.flops is None else timing.flops / 1e9 / (timing.median_ms / 1e3)
+    return {
+        "achieved_gflops_per_s": achieved,
+        "peak_gflops_per_s": peak,
+        "peak_source": source,
+        "mfu": None if achieved is None or not peak else achieved / peak,
+    }
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def parse_strs(text: str) -> list[str]:
+    return [x.strip() for x in str(text).split(",") if x.strip()]

@@ -1,0 +1,183 @@
+"""The results files: `<device-kind>-<date>.json` and `.md` under --out.
+
+A run merges its rows into that day's file for the device (rows of a setting
+measured again are replaced), so sub-commands and settings may run separately.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from munet_jax.benchmark import common
+
+SECTIONS = ("inference", "parts", "training", "pipeline")
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write(out_dir: Path, info: dict, sections: dict[str, list[dict]], settings: dict) -> tuple[Path, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = common.result_stem(info)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    report = json.loads(json_path.read_text()) if json_path.exists() else {}
+    report["device"] = {k: v for k, v in info.items() if k not in ("versions", "date", "load_average", "started")}
+    report["versions"] = info["versions"]
+    report["date"] = info["date"]
+    if not isinstance(report.get("runs"), list):
+        report["runs"] = []
+    for name, rows in sections.items():
+        report[name] = merge_rows(report.get(name) or [], rows)
+        report["runs"].append({"section": name, "started": info.get("started"),
+                               "load_average_at_start": info["load_average"], "settings": settings})
+    report = _clean(report)
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n")
+    tmp.replace(json_path)
+    md_path.write_text(markdown(report))
+    return json_path, md_path
+
+
+SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "part",
+                "per_device_batch", "source", "batch")
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` rows without those of a setting that `new` measured again, then `new`
+    (a run of one setting keeps the other settings measured earlier that day)."""
+    def key(row):
+        return json.dumps([row.get(k) for k in SETTING_KEYS])
+
+    replaced = {key(r) for r in new}
+    return [r for r in old if key(r) not in replaced] + list(new)
+
+
+def _f(value, digits=1, scale=1.0):
+    if value is None:
+        return "n/a"
+    return f"{value * scale:.{digits}f}"
+
+
+def _mem(row) -> str:
+    if row.get("device_peak_bytes"):
+        return f"{row['device_peak_bytes'] / 2**20:.0f} (device peak)"
+    m = row.get("memory")
+    return "n/a" if not m else f"{m['peak_estimate'] / 2**20:.0f}"
+
+
+def _same_setting(a: dict, b: dict) -> bool:
+    keys = ("config", "bucket", "objects", "memory_frames", "dtype")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def _matching_step(report: dict, parts_row: dict) -> dict | None:
+    for row in report.get("inference") or []:
+        if _same_setting(row, parts_row):
+            return row
+    return None
+
+
+def markdown(report: dict) -> str:
+    dev, ver = report["device"], report["versions"]
+    lines = [
+        f"# MUNet benchmark: {dev['device_kind']} ({dev['platform']}), {report['date']}",
+        "",
+        f"{dev['num_devices']} device(s), {dev['cpu_cores']} CPU cores ({dev['host']}); "
+        + ", ".join(f"{k} {v}" for k, v in ver.items()) + ".",
+        "",
+        "Times: median (min) over the timed calls after a warm-up, each up to `jax.block_until_ready`. "
+        "Compile: XLA compile time of the program (tracing/lowering not included). GFLOP: XLA cost analysis "
+        "of the compiled program (loops such as the cost volume's scan may be counted once per loop body). "
+        "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
+        "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
+        "Recompiled: the jit cache grew during the timed loop.",
+        "",
+    ]
+    for run in report.get("runs") or []:
+        la = run.get("load_average_at_start")
+        if la:
+            st = run["settings"]
+            what = " ".join(f"--{k} {st[k]}" for k in ("size", "objects", "memory", "dtype", "repeats") if k in st)
+            lines.append(f"- {run.get('started') or ''} {run['section']} ({'tiny' if st.get('tiny') else 'full'}; "
+                         f"{what}): load average at start {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f}")
+    lines.append("")
+    if report.get("inference"):
+        lines += [
+            "## Inference: one frame (the engine's jitted step)",
+            "",
+            "| config | image -> bucket | objects | memory frames | dtype | ms/frame | FPS | compile s | GFLOP/frame "
+            "| GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in report["inference"]:
+            lines.append(
+                f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
+                f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {_f(r['fps'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
+                f"| {_f(r['mfu'], 1, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
+        peaks = {(r["dtype"], r["peak_gflops_per_s"], r["peak_source"]) for r in report["inference"]}
+        lines += ["", "MFU against: " + "; ".join(f"{d}: {_f(p, 0)} GFLOP/s ({s})" for d, p, s in sorted(peaks, key=str)), ""]
+    if report.get("parts"):
+        lines += [
+            "## Parts of a frame, each jitted alone",
+            "",
+            "| config | bucket | objects | memory frames | dtype | part | ms | share of frame | GFLOP | compile s |",
+            "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for r in report["parts"]:
+            share = r.get("share_of_frame")
+            lines.append(
+                f"| {r['config']} | {r['bucket'][0]}x{r['bucket'][1]} | {r['objects']} | {r['memory_frames']} "
+                f"| {r['dtype']} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {_f(share, 1, 100) + '%' if share is not None else ''} "
+                f"| {_f(None if r.get('flops') is None else r['flops'] / 1e9, 2)} | {_f(r.get('compile_s'))} |")
+        for r in report["parts"]:
+            if "mu_layer_plus_msam_share" in r:
+                lines.append("")
+                lines.append(f"{r['config']} {r['dtype']}: MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
+                             f"of the summed frame; slowest part: {r['slowest_part']}. cost_volume is inside mu_layer.")
+                step = _matching_step(report, r)
+                if step is not None:
+                    parts = {p["part"]: p for p in report["parts"] if _same_setting(p, r)}
+                    mu_msam = parts["mu_layer"]["median_ms"] + parts["msam"]["median_ms"]
+                    lines.append(f"Against the measured step ({_f(step['median_ms'])} ms/frame, same setting): "
+                                 f"MU-Layer + MSAM = {_f(mu_msam / step['median_ms'], 1, 100)}%, "
+                                 f"sum of parts / step = {_f(r['median_ms'] / step['median_ms'], 2)}.")
+        lines.append("")
+    if report.get("training"):
+        lines += [
+            "## Training step (clip unroll + loss + AdamW)",
+            "",
+            "| config | clip | objects | dtype | batch/device (global) | ms/step | clips/s | compile s | GFLOP/step "
+            "| GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in report["training"]:
+            searched = ", largest that fits" if r["batch_searched_by_doubling"] else ""
+            lines.append(
+                f"| {r['config']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['objects']} | {r['dtype']} "
+                f"| {r['per_device_batch']} ({r['global_batch']}){searched} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {_f(r['clips_per_s'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
+                f"| {_f(r['mfu'], 2, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
+        lines.append("")
+    if report.get("pipeline"):
+        lines += ["## Input pipeline (tf.data)", "", "| source | clip | batch | clips/s | ms/batch | CPU cores |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in report["pipeline"]:
+            if "skipped" in r:
+                lines.append(f"| skipped: {r['skipped']} | | | | | |")
+                continue
+            lines.append(f"| {r['source']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['batch']} "
+                         f"| {_f(r['clips_per_s'])} | {_f(r['ms_per_batch'], 0)} | {r['cpu_cores']} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Smoke tests of the benchmark suite's plumbing at tiny sizes (no timed assertions)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from munet_jax.benchmark import common, report
+from munet_jax.benchmark.__main__ import main
+
+
+def test_flops_of_a_matmul_is_2mnk():
+    m, n, k = 32, 48, 64
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert common.flops_of(compiled) == 2 * m * n * k
+
+
+class _Fake:
+    def __init__(self, analysis):
+        self.analysis = analysis
+
+    def cost_analysis(self):
+        return self.analysis
+
+
+def test_flops_of_accepts_dict_and_list_of_dicts():
+    assert common.flops_of(_Fake({"flops": 10.0})) == 10.0
+    assert common.flops_of(_Fake([{"flops": 10.0}, {"flops": 5.0}])) == 15.0
+    assert common.flops_of(_Fake(None)) is None
+    assert common.flops_of(_Fake({"bytes accessed": 3.0})) is None
+
+
+def test_measure_counts_no_recompilation_and_carries_state():
+    f = jax.jit(lambda x, y: (x + y, y), donate_argnums=(0,))
+    timing = common.measure(f, (jnp.zeros(4), jnp.ones(4)), repeats=2, carry=lambda a, r: (r[0], a[1]))
+    assert timing.recompiled is False
+    assert timing.flops is None or timing.flops > 0
+    d = timing.to_dict()
+    for field in ("median_ms", "min_ms", "compile_s", "recompiled_after_warmup", "memory", "achieved_gflops_per_s"):
+        assert field in d
+
+
+def test_peak_table_and_result_name():
+    info = common.device_info()
+    assert common.result_stem(info).endswith(info["date"])
+    assert common.peak_gflops("float32", 123.0) == (123.0, "--peak_gflops")
+    for field in ("jax", "jaxlib", "flax", "numpy"):
+        assert field in info["versions"]
+
+
+def test_inference_and_parts_write_the_report(tmp_path):
+    argv = ["--tiny", "--size", "32x48", "--objects", "2", "--memory", "1,3", "--parts_memory", "2",
+            "--dtype", "float32", "--repeats", "1", "--out", str(tmp_path)]
+    main(["inference", *argv])
+    main(["parts", *argv])  # merges into the same day's file
+    (json_path,) = tmp_path.glob("*.json")
+    (md_path,) = tmp_path.glob("*.md")
+    data = json.loads(json_path.read_text())
+    assert data["device"]["platform"] == jax.default_backend()
+    assert set(data["versions"]) >= {"jax", "jaxlib", "flax", "numpy"}
+    rows = data["inference"]
+    assert [(r["objects"], r["memory_frames"]) for r in rows] == [(2, 1), (2, 3)]
+    for r in rows:
+        assert r["bucket"][0] % 16 == 0 and r["bucket"][1] % 16 == 0
+        assert r["median_ms"] > 0 and r["fps"] > 0 and r["compile_s"] >= 0
+        assert r["recompiled_after_warmup"] is False
+        assert r["gflops"] > 0 and r["peak_gflops_per_s"] > 0
+    parts = {r["part"]: r for r in data["parts"]}
+    assert {"enc_q", "enc_r", "mu_layer", "cost_volume", "msam", "memory_read", "decoder",
+            "frame_total(sum)"} <= set(parts)
+    assert 0 < parts["frame_total(sum)"]["mu_layer_plus_msam_share"] < 1
+    text = md_path.read_text()
+    assert "## Inference" in text and "## Parts" in text
+
+
+def test_report_markdown_of_every_section(tmp_path):
+    info = common.device_info()
+    timing = {"median_ms": 10.0, "min_ms": 9.0, "compile_s": 1.0, "gflops": 2.0, "flops": 2e9,
+              "achieved_gflops_per_s": 200.0, "mfu": 0.5, "memory": {"peak_estimate": 2**20},
+              "device_peak_bytes": None, "recompiled_after_warmup": False}
+    sections = {
+        "training": [{"config": "tiny", "clip": [6, 8, 8], "objects": 3, "dtype": "float32", "per_device_batch": 1,
+                      "global_batch": 8, "batch_searched_by_doubling": False, "clips_per_s": 800.0, **timing}],
+        "pipeline": [{"source": "s", "clip": [6, 400, 400], "batch": 2, "clips_per_s": 1.0, "ms_per_batch": 2.0,
+                      "cpu_cores": 2}],
+    }
+    json_path, md_path = report.write(tmp_path, info, sections, {"repeats": 1})
+    data = json.loads(json_path.read_text())
+    assert data["training"][0]["clips_per_s"] == 800.0
+    text = md_path.read_text()
+    assert "## Training step" in text and "## Input pipeline" in text and "50.00%" in text
+
+
+@pytest.mark.slow
+def test_training_step_report(tmp_path):
+    main(["training", "--tiny", "--train_size", "32x32", "--batch", "1", "--dtype", "float32", "--repeats", "1",
+          "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    (row,) = json.loads(json_path.read_text())["training"]
+    assert row["global_batch"] == row["per_device_batch"] * jax.device_count()
+    assert row["clips_per_s"] > 0 and row["recompiled_after_warmup"] is False
