@@ -13,6 +13,13 @@ from pathlib import Path
 from munet_jax.benchmark import common
 
 SECTIONS = ("inference", "parts", "training", "pipeline")
+# The flags each section reads: what its line in the Markdown's run list shows.
+RUN_FLAGS = {
+    "inference": ("size", "objects", "memory", "dtype", "repeats"),
+    "parts": ("size", "objects", "parts_memory", "dtype", "repeats"),
+    "training": ("train_size", "batch", "dtype", "repeats"),
+    "pipeline": ("pipeline_batch", "pipeline_steps", "pipeline_warmup"),
+}
 
 
 def _clean(value):
@@ -107,7 +114,7 @@ def markdown(report: dict) -> str:
         la = run.get("load_average_at_start")
         if la:
             st = run["settings"]
-            what = " ".join(f"--{k} {st[k]}" for k in ("size", "objects", "memory", "dtype", "repeats") if k in st)
+            what = " ".join(f"--{k} {st[k]}" for k in RUN_FLAGS.get(run["section"], ()) if k in st)
             lines.append(f"- {run.get('started') or ''} {run['section']} ({'tiny' if st.get('tiny') else 'full'}; "
                          f"{what}): load average at start {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f}")
     lines.append("")
