@@ -84,6 +84,16 @@ class DavisFolderSource:
         return np.stack(frames), np.stack(masks)
 
 
+def time_batches(it, warmup: int, steps: int) -> tuple[float, dict]:
+    """Seconds for `steps` batches of `it` after `warmup` untimed ones, and the last batch."""
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(it)
+    return time.perf_counter() - start, batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("synthetic", "davis"), default="synthetic")
@@ -110,12 +120,7 @@ def main() -> None:
           f"clip_length {cfg.clip_length}, batch {args.batch}")
     for label, src in runs:
         it = pipeline.make_train_iterator({"d": src}, {"d": 1.0}, cfg, global_batch_size=args.batch, seed=0)
-        for _ in range(args.warmup):
-            next(it)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            batch = next(it)
-        seconds = time.perf_counter() - start
+        seconds, batch = time_batches(it, args.warmup, args.steps)
         assert batch["frames"].shape == (args.batch, cfg.clip_length, *cfg.crop_size, 3)
         clips = args.steps * args.batch
         print(f"{label}: {clips / seconds:.1f} clips/s ({clips} clips in {seconds:.2f} s, "

@@ -20,6 +20,7 @@ Exit status: that of the first step that fails (2: bad input, 1: training stoppe
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import shutil
 import sys
@@ -48,6 +49,12 @@ def copy_first_mask(root: Path, sequences: list[str], out: Path) -> None:
         (out / seq).mkdir(parents=True)
         for mask in masks:
             shutil.copyfile(masks[0], out / seq / mask.name)
+
+
+def global_scores(results: Path, split: str = "val") -> dict[str, float]:
+    """The row of global_results-<split>.csv that the evaluator wrote into `results`."""
+    with open(results / f"global_results-{split}.csv", newline="") as f:
+        return {name: float(value) for name, value in next(csv.DictReader(f)).items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     sequences = (data_root / "ImageSets" / "2017" / "val.txt").read_text().split()
     baseline = workdir / "results-copy-first-mask"
     copy_first_mask(data_root, sequences, baseline)
-    base_scores = evaluate_davis(data_root, baseline, "val", progress=False)
-    model_scores = evaluate_davis(data_root, results, "val", progress=False)
+    # The model's results were scored by `evaluate` above; only the baseline needs scoring.
+    evaluate_davis(data_root, baseline, "val", progress=False).write_csvs(baseline)
+    scores, base = global_scores(results), global_scores(baseline)
 
     drawn = []
     if args.pictures > 0:
@@ -101,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                 return status
             drawn.append(pictures / seq)
 
-    jf, base = model_scores.global_scores["J&F-Mean"], base_scores.global_scores["J&F-Mean"]
     print("\n== demo done in {:.1f} min (training {:.1f} min)".format((time.perf_counter() - start) / 60, train_s / 60))
-    print(f"J&F-Mean on {len(sequences)} synthetic val videos: {jf:.3f} "
-          f"(J {model_scores.global_scores['J-Mean']:.3f}, F {model_scores.global_scores['F-Mean']:.3f}); "
-          f"copying the first frame's mask to every frame scores {base:.3f}")
+    print(f"J&F-Mean on {len(sequences)} synthetic val videos: {scores['J&F-Mean']:.3f} "
+          f"(J {scores['J-Mean']:.3f}, F {scores['F-Mean']:.3f}); "
+          f"copying the first frame's mask to every frame scores {base['J&F-Mean']:.3f}")
     print(f"masks (DAVIS palette PNGs) and J&F CSVs: {results}")
     for folder in drawn:
         print(f"pictures: {folder}/panels/*.png, {folder}/panels.mp4, {folder}/iou_over_time.png")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "input_pipeline.py"
@@ -35,12 +34,7 @@ def run(args) -> list[dict]:
     cfg = data_config("1")
     source = script.synthetic_source(num_videos=3, num_frames=20)
     it = pipeline.make_train_iterator({"d": source}, {"d": 1.0}, cfg, global_batch_size=args.pipeline_batch, seed=0)
-    for _ in range(args.pipeline_warmup):
-        next(it)
-    start = time.perf_counter()
-    for _ in range(args.pipeline_steps):
-        batch = next(it)
-    seconds = time.perf_counter() - start
+    seconds, batch = script.time_batches(it, args.pipeline_warmup, args.pipeline_steps)
     clips = args.pipeline_steps * args.pipeline_batch
     row = {
         "source": "synthetic 480x854 videos in memory", "clip": [cfg.clip_length, *cfg.crop_size],
