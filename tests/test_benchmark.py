@@ -100,3 +100,44 @@ def test_training_step_report(tmp_path):
     (row,) = json.loads(json_path.read_text())["training"]
     assert row["global_batch"] == row["per_device_batch"] * jax.device_count()
     assert row["clips_per_s"] > 0 and row["recompiled_after_warmup"] is False
+
+
+def test_model_flops_count_direct_convs_while_the_timed_program_may_differ(tmp_path):
+    # Two decoder algorithms: the same model FLOPs (from the direct-conv program), rows kept apart.
+    main(["inference", "--tiny", "--size", "32x48", "--objects", "1", "--memory", "1", "--dtype", "float32",
+          "--decoder_conv", "direct,winograd", "--repeats", "1", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    rows = {r["decoder_conv"]: r for r in json.loads(json_path.read_text())["inference"]}
+    assert set(rows) == {"direct", "winograd"}
+    assert rows["direct"]["flops"] == rows["winograd"]["flops"]
+    # Lowered (before XLA's passes) vs compiled cost analysis of the same direct program: within 1%.
+    assert abs(rows["direct"]["xla_flops"] / rows["direct"]["flops"] - 1) < 0.01
+    assert abs(rows["winograd"]["xla_flops"] / rows["winograd"]["flops"] - 1) > 0.01
+
+
+def test_cpu_peak_is_measured():
+    if jax.default_backend() != "cpu":
+        pytest.skip("CPU only")
+    peak, source = common.peak_gflops("float32")
+    assert peak > 0 and "measured" in source
+
+
+def test_stm_baseline_is_merged_and_compared(tmp_path):
+    stm = tmp_path / "stm.json"
+    stm.write_text(json.dumps({"info": {"torch": "2.x", "threads": 2, "date": "2026-11-30"}, "rows": [
+        {"size": [480, 864], "objects": 1, "memory_frames": 5, "dtype": "float32", "median_ms": 3000.0,
+         "min_ms": 2900.0, "repeats": 3}]}))
+    info = common.device_info()
+    ours = {"config": "full", "image": [480, 854], "bucket": [480, 864], "objects": 1, "memory_frames": 5,
+            "dtype": "float32", "decoder_conv": "auto", "median_ms": 2000.0, "min_ms": 1900.0, "fps": 0.5,
+            "compile_s": 1.0, "gflops": 377.0, "achieved_gflops_per_s": 188.0, "mfu": 0.9, "memory": None,
+            "device_peak_bytes": None, "recompiled_after_warmup": False, "peak_gflops_per_s": 200.0,
+            "peak_source": "measured"}
+    _, md_path = report.write(tmp_path / "out", info, {"inference": [ours], "stm_baseline": report.read_stm_results(stm)},
+                              {"stm_results": str(stm)})
+    text = md_path.read_text()
+    assert "## Against STM" in text and "| 1.50x |" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match="bad.json"):
+        report.read_stm_results(bad)

@@ -49,7 +49,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pipeline_steps", type=int, default=10)
     p.add_argument("--pipeline_warmup", type=int, default=3)
     p.add_argument("--peak_gflops", type=float, default=None,
-                   help="peak GFLOP/s for MFU (default: datasheet for H100/H200, assumed 350 on CPU)")
+                   help="peak GFLOP/s for MFU (default: datasheet for H100/H200; on CPU the measured "
+                        "best float32 2048^3 matmul)")
+    p.add_argument("--decoder_conv", default="auto",
+                   help="decoder 3x3 conv algorithm(s), comma-separated: auto (the default: Winograd on CPU "
+                        "where faster), direct, winograd (inference, parts, training)")
+    p.add_argument("--stm_results", default="",
+                   help="JSON written by benchmarks/stm_pytorch.py on this machine: merged into the report "
+                        "as the STM baseline and compared with the inference rows")
     p.add_argument("--out", default="benchmarks/results", help="results folder ('' : do not write)")
     return p.parse_args(argv)
 
@@ -74,6 +81,9 @@ def main(argv=None) -> dict:
         else:
             from munet_jax.benchmark import pipeline as module
         sections[name] = module.run(args)
+    if args.stm_results:
+        from munet_jax.benchmark import report as report_module
+        sections["stm_baseline"] = report_module.read_stm_results(Path(args.stm_results))
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
         paths = report.write(Path(args.out), info, sections, settings)

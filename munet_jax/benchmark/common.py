@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import platform
 import re
@@ -25,6 +26,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Dense peak throughput of accelerators in TFLOP/s by compute dtype (vendor datasheets).
@@ -32,9 +34,25 @@ PEAK_TFLOPS = {
     "H100": {"bfloat16": 989.0, "float32": 67.0},  # H100 SXM, dense (no sparsity)
     "H200": {"bfloat16": 989.0, "float32": 67.0},  # same compute as H100 SXM
 }
-# This 2-core CPU: an assumed figure (~350 GFLOP/s fp32, as measured for STM's decoder),
-# overridable with --peak_gflops. Not a datasheet number.
-ASSUMED_CPU_PEAK_GFLOPS = 350.0
+# CPUs: no datasheet figure fits every (virtual) machine these runs land on, so the
+# peak is measured: the best of a few large float32 matmuls on all cores (XLA's own
+# GEMM ceiling here), overridable with --peak_gflops.
+CPU_PEAK_MATMUL = 2048
+
+
+@functools.lru_cache(maxsize=1)
+def measured_cpu_gemm_gflops() -> float:
+    """Best float32 GFLOP/s of a 2048^3 matmul on the default (CPU) device, after warm-up."""
+    n = CPU_PEAK_MATMUL
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, a))
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
 
 
 def peak_gflops(dtype: str, override: float | None = None) -> tuple[float | None, str]:
@@ -46,7 +64,9 @@ def peak_gflops(dtype: str, override: float | None = None) -> tuple[float | None
         if name in kind:
             return table[dtype] * 1e3, f"{name} datasheet, dense {dtype}"
     if jax.default_backend() == "cpu":
-        return ASSUMED_CPU_PEAK_GFLOPS, "assumed for this CPU (both cores), fp32; bf16 has no faster path here"
+        return measured_cpu_gemm_gflops(), (
+            f"measured: best float32 {CPU_PEAK_MATMUL}^3 matmul on all cores (XLA's GEMM ceiling here), "
+            "used for bfloat16 too")
     return None, f"no peak known for {kind!r}: pass --peak_gflops"
 
 
@@ -88,6 +108,16 @@ def flops_of(compiled) -> float | None:
         analysis = [analysis]
     total = sum(float(a.get("flops", 0.0)) for a in analysis if a)
     return total if total > 0 else None
+
+
+def model_flops(jitted: Callable, args: tuple) -> float | None:
+    """FLOPs of a program from XLA's cost analysis before compilation (no compile, no run).
+
+    Used for model FLOPs: the benchmarks count the FLOPs of the model with direct
+    convolutions, whatever algorithm the timed program uses (the Winograd decoder
+    does a quarter of the multiplications, and loops are counted once per body).
+    """
+    return flops_of(jitted.lower(*args))
 
 
 def compiled_memory(compiled) -> dict[str, int] | None:
@@ -133,6 +163,7 @@ class Timing:
     cache_before: int | None
     cache_after: int | None
     warmup_calls: int = 1
+    xla_flops: float | None = None  # the timed program's own cost analysis (flops: model FLOPs if given)
 
     @property
     def recompiled(self) -> bool | None:
@@ -150,19 +181,21 @@ class Timing:
         return d
 
 
-def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None = None) -> Timing:
+def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None = None,
+            flops: float | None = None) -> Timing:
     """Compile `jitted` for `args`, warm up, time `repeats` calls.
 
     carry(args, result) -> the next call's args, for programs that donate their state
     (the donated input is consumed, the returned state feeds the next call); by
-    default every call gets the same args.
+    default every call gets the same args. flops: the model FLOPs to report (see
+    `model_flops`); by default the compiled program's own count.
     """
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    flops, memory = flops_of(compiled), compiled_memory(compiled)
+    xla_flops, memory = flops_of(compiled), compiled_memory(compiled)
     del compiled, lowered
 
     # Warm-up: the cached program, no new compile. A stateful program gets a second
@@ -193,12 +226,13 @@ def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None 
         repeats=repeats,
         lower_s=t1 - t0,
         compile_s=t2 - t1,
-        flops=flops,
+        flops=xla_flops if flops is None else flops,
         memory=memory,
         device_peak_bytes=device_peak_bytes(),
         cache_before=before,
         cache_after=after,
         warmup_calls=warmup_calls,
+        xla_flops=xla_flops,
     )
 
 

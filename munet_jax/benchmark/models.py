@@ -14,14 +14,17 @@ from munet_jax.models.config import munet_config, tiny_munet_config
 from munet_jax.models.munet import build_model, init_variables
 
 
-def model_config(tiny: bool, dtype: str) -> ml_collections.ConfigDict:
+def model_config(tiny: bool, dtype: str, decoder_conv: str | None = None) -> ml_collections.ConfigDict:
     cfg = tiny_munet_config() if tiny else munet_config()
     cfg.dtype = dtype
+    if decoder_conv is not None:
+        cfg.decoder_conv = decoder_conv
     return cfg
 
 
-def build(tiny: bool, dtype: str):
-    return build_model(model_config(tiny, dtype))
+def build(tiny: bool, dtype: str, decoder_conv: str | None = None):
+    """The model; decoder_conv None keeps the config's default ('auto')."""
+    return build_model(model_config(tiny, dtype, decoder_conv))
 
 
 @functools.lru_cache(maxsize=2)

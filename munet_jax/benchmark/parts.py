@@ -12,7 +12,7 @@ At a bucket Hb x Wb (480x864 for DAVIS 480p) with K objects and T memory frames:
   msam         MSAM fusion of res4 and F_m
   kv_query     query key/value convs on the fused res4
   memory_read  space-time memory read of K objects over T x h x w positions
-  decoder      decoder of K objects (res3/res2 skips) to Hb x Wb logits
+  decoder      decoder of K objects (the frame's res3/res2 skips, shared) to Hb x Wb logits
 
 The frame total is the sum of the parts other than cost_volume (contained in
 mu_layer); it leaves out the soft aggregation and the bank write (small), and
@@ -71,8 +71,8 @@ def _programs(model, variables, k: int, t: int, bucket) -> dict:
             normal(k, t, h, w, c.key_dim), normal(k, t, h, w, c.value_dim), jnp.ones((k, t), bool),
             normal(k, h, w, c.key_dim), normal(k, h, w, c.value_dim))),
         "decoder": (method(lambda m, *a: m.decoder(*a)), (
-            variables, normal(k, h, w, 2 * c.value_dim), normal(k, 2 * h, 2 * w, 8 * c.backbone.width),
-            normal(k, 4 * h, 4 * w, 4 * c.backbone.width))),
+            variables, normal(k, h, w, 2 * c.value_dim), normal(1, 2 * h, 2 * w, 8 * c.backbone.width),
+            normal(1, 4 * h, 4 * w, 4 * c.backbone.width))),
     }
 
 
@@ -83,26 +83,29 @@ def run(args) -> list[dict]:
     t = int(args.parts_memory)
     variables = models.variables(args.tiny)
     rows = []
-    for dtype in common.parse_strs(args.dtype):
-        model = models.build(args.tiny, dtype)
+    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)):
+        model = models.build(args.tiny, dtype, conv)
+        # Model FLOPs from the same parts with direct convolutions (lowered only).
+        counted = _programs(models.build(args.tiny, dtype, "direct"), variables, k, t, bucket)
         measured = {}
         for name, (program, call_args) in _programs(model, variables, k, t, bucket).items():
-            timing = common.measure(program, call_args, args.repeats)
+            timing = common.measure(program, call_args, args.repeats,
+                                    flops=common.model_flops(counted[name][0], counted[name][1]))
             measured[name] = timing
-            print(f"part {name:<12} K={k} T={t} {dtype}: {timing.median_ms:8.1f} ms (min {timing.min_ms:.1f}), "
-                  f"{'n/a' if timing.flops is None else f'{timing.flops / 1e9:.2f}'} GFLOP, "
-                  f"compile {timing.compile_s:.1f} s", flush=True)
+            print(f"part {name:<12} K={k} T={t} {dtype} decoder {conv}: {timing.median_ms:8.1f} ms "
+                  f"(min {timing.min_ms:.1f}), {'n/a' if timing.flops is None else f'{timing.flops / 1e9:.2f}'} "
+                  f"model GFLOP, compile {timing.compile_s:.1f} s", flush=True)
         total = sum(measured[n].median_ms for n in IN_FRAME)
         for name, timing in measured.items():
             rows.append({
                 "config": "tiny" if args.tiny else "full", "part": name, "bucket": list(bucket),
-                "objects": k, "memory_frames": t, "dtype": dtype,
+                "objects": k, "memory_frames": t, "dtype": dtype, "decoder_conv": conv,
                 "share_of_frame": timing.median_ms / total if name in IN_FRAME or name == "cost_volume" else None,
                 **timing.to_dict(),
             })
         rows.append({
             "config": "tiny" if args.tiny else "full", "part": "frame_total(sum)", "bucket": list(bucket),
-            "objects": k, "memory_frames": t, "dtype": dtype, "median_ms": total,
+            "objects": k, "memory_frames": t, "dtype": dtype, "decoder_conv": conv, "median_ms": total,
             "min_ms": sum(measured[n].min_ms for n in IN_FRAME),
             "flops": sum(measured[n].flops or 0.0 for n in IN_FRAME) or None,
             "mu_layer_plus_msam_share": (measured["mu_layer"].median_ms + measured["msam"].median_ms) / total,

@@ -12,14 +12,43 @@ from pathlib import Path
 
 from munet_jax.benchmark import common
 
-SECTIONS = ("inference", "parts", "training", "pipeline")
+SECTIONS = ("inference", "parts", "training", "pipeline", "stm_baseline")
 # The flags each section reads: what its line in the Markdown's run list shows.
 RUN_FLAGS = {
-    "inference": ("size", "objects", "memory", "dtype", "repeats"),
-    "parts": ("size", "objects", "parts_memory", "dtype", "repeats"),
-    "training": ("train_size", "batch", "dtype", "repeats"),
+    "inference": ("size", "objects", "memory", "dtype", "decoder_conv", "repeats"),
+    "parts": ("size", "objects", "parts_memory", "dtype", "decoder_conv", "repeats"),
+    "training": ("train_size", "batch", "dtype", "decoder_conv", "repeats"),
     "pipeline": ("pipeline_batch", "pipeline_steps", "pipeline_warmup"),
+    "stm_baseline": ("stm_results",),
 }
+STRIDE = 16
+
+
+def read_stm_results(path: Path) -> list[dict]:
+    """Rows of `benchmarks/stm_pytorch.py --json`, each with the run's torch facts."""
+    try:
+        data = json.loads(Path(path).read_text())
+        info, rows = data["info"], data["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"--stm_results {path}: not a benchmarks/stm_pytorch.py --json file ({error})") from error
+    return [{**row, "torch": info.get("torch"), "threads": info.get("threads"), "measured": info.get("date")}
+            for row in rows]
+
+
+def _padded(image) -> list[int]:
+    return [-(-int(v) // STRIDE) * STRIDE for v in image]
+
+
+def stm_comparison(report: dict) -> list[tuple[dict, dict]]:
+    """(STM row, munet_jax inference row) pairs of the same frame size (STM's padded size =
+    the image padded to a multiple of 16), objects, memory frames, float32."""
+    pairs = []
+    for stm in report.get("stm_baseline") or []:
+        for row in report.get("inference") or []:
+            if (row.get("config") == "full" and row.get("dtype") == "float32" and row["objects"] == stm["objects"]
+                    and row["memory_frames"] == stm["memory_frames"] and _padded(row["image"]) == list(stm["size"])):
+                pairs.append((stm, row))
+    return pairs
 
 
 def _clean(value):
@@ -55,8 +84,8 @@ def write(out_dir: Path, info: dict, sections: dict[str, list[dict]], settings: 
     return json_path, md_path
 
 
-SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "part",
-                "per_device_batch", "source", "batch")
+SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "decoder_conv", "part",
+                "per_device_batch", "source", "batch", "size")
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -83,7 +112,7 @@ def _mem(row) -> str:
 
 
 def _same_setting(a: dict, b: dict) -> bool:
-    keys = ("config", "bucket", "objects", "memory_frames", "dtype")
+    keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -103,8 +132,10 @@ def markdown(report: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in ver.items()) + ".",
         "",
         "Times: median (min) over the timed calls after a warm-up, each up to `jax.block_until_ready`. "
-        "Compile: XLA compile time of the program (tracing/lowering not included). GFLOP: XLA cost analysis "
-        "of the compiled program (loops such as the cost volume's scan may be counted once per loop body). "
+        "Compile: XLA compile time of the program (tracing/lowering not included). GFLOP: model FLOPs, XLA's "
+        "cost analysis of the same program with direct convolutions (a Winograd decoder does fewer; loops "
+        "such as the cost volume's scan may be counted once per loop body); GFLOP/s and MFU divide them by the "
+        "time. Decoder: the decoder's 3x3 conv algorithm (`model.decoder_conv`). "
         "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
         "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
         "Recompiled: the jit cache grew during the timed loop.",
@@ -122,36 +153,59 @@ def markdown(report: dict) -> str:
         lines += [
             "## Inference: one frame (the engine's jitted step)",
             "",
-            "| config | image -> bucket | objects | memory frames | dtype | ms/frame | FPS | compile s | GFLOP/frame "
-            "| GFLOP/s | MFU | memory MiB | recompiled |",
-            "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| config | image -> bucket | objects | memory frames | dtype | decoder | ms/frame | FPS | compile s "
+            "| GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["inference"]:
             lines.append(
                 f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
-                f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {r.get('decoder_conv', 'direct')} "
+                f"| {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['fps'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 1, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
         peaks = {(r["dtype"], r["peak_gflops_per_s"], r["peak_source"]) for r in report["inference"]}
         lines += ["", "MFU against: " + "; ".join(f"{d}: {_f(p, 0)} GFLOP/s ({s})" for d, p, s in sorted(peaks, key=str)), ""]
+    pairs = stm_comparison(report)
+    if pairs:
+        lines += [
+            "## Against STM (PyTorch, same machine: `benchmarks/stm_pytorch.py`)",
+            "",
+            "STM's frame: Enc-Q, key/value, memory read, decoder per object, soft aggregation, Enc-M of the frame "
+            "(no MU-Layer / MSAM); float32, random weights, flush-to-zero. munet_jax: the inference rows above "
+            "(its frame also runs the MU-Layer and MSAM, and is padded to the engine's bucket).",
+            "",
+            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax decoder | munet_jax ms/frame "
+            "| speed-up (STM / munet_jax, medians) |",
+            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for stm, r in pairs:
+            lines.append(
+                f"| {stm['size'][0]}x{stm['size'][1]} (munet_jax: {r['image'][0]}x{r['image'][1]} -> "
+                f"{r['bucket'][0]}x{r['bucket'][1]}) | {stm['objects']} | {stm['memory_frames']} "
+                f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {r.get('decoder_conv', 'direct')} "
+                f"| {_f(r['median_ms'])} | {_f(stm['median_ms'] / r['median_ms'], 2)}x |")
+        lines.append("")
     if report.get("parts"):
         lines += [
             "## Parts of a frame, each jitted alone",
             "",
-            "| config | bucket | objects | memory frames | dtype | part | ms | share of frame | GFLOP | compile s |",
-            "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+            "| config | bucket | objects | memory frames | dtype | decoder | part | ms | share of frame | GFLOP "
+            "| compile s |",
+            "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
         ]
         for r in report["parts"]:
             share = r.get("share_of_frame")
             lines.append(
                 f"| {r['config']} | {r['bucket'][0]}x{r['bucket'][1]} | {r['objects']} | {r['memory_frames']} "
-                f"| {r['dtype']} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {r['dtype']} | {r.get('decoder_conv', 'direct')} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(share, 1, 100) + '%' if share is not None else ''} "
                 f"| {_f(None if r.get('flops') is None else r['flops'] / 1e9, 2)} | {_f(r.get('compile_s'))} |")
         for r in report["parts"]:
             if "mu_layer_plus_msam_share" in r:
                 lines.append("")
-                lines.append(f"{r['config']} {r['dtype']}: MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
+                lines.append(f"{r['config']} {r['dtype']} decoder {r.get('decoder_conv', 'direct')}: "
+                             f"MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
                              f"of the summed frame; slowest part: {r['slowest_part']}. cost_volume is inside mu_layer.")
                 step = _matching_step(report, r)
                 if step is not None:
@@ -165,14 +219,15 @@ def markdown(report: dict) -> str:
         lines += [
             "## Training step (clip unroll + loss + AdamW)",
             "",
-            "| config | clip | objects | dtype | batch/device (global) | ms/step | clips/s | compile s | GFLOP/step "
-            "| GFLOP/s | MFU | memory MiB | recompiled |",
-            "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| config | clip | objects | dtype | decoder | batch/device (global) | ms/step | clips/s | compile s "
+            "| GFLOP/step | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["training"]:
             searched = ", largest that fits" if r["batch_searched_by_doubling"] else ""
             lines.append(
                 f"| {r['config']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['objects']} | {r['dtype']} "
+                f"| {r.get('decoder_conv', 'direct')} "
                 f"| {r['per_device_batch']} ({r['global_batch']}){searched} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['clips_per_s'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 2, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")

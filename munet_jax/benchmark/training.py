@@ -47,16 +47,19 @@ def make_batch(batch_size: int, mesh, crop=CROP, length=CLIP_LENGTH, k=NUM_OBJEC
     return jax.device_put(host, batch_sharded(mesh))
 
 
-def _time(tiny, dtype, batch_size, repeats, crop):
+def _time(tiny, dtype, batch_size, repeats, crop, decoder_conv=None):
     mesh = make_mesh()
-    model = models.build(tiny, dtype)
+    model = models.build(tiny, dtype, decoder_conv)
     optimizer, schedule = make_optimizer(optim_config(), 1000)
     # A replicated copy: the step donates the state, and the cached variables serve the next run.
     variables = jax.device_put(jax.tree_util.tree_map(jnp.copy, models.variables(tiny, NUM_OBJECTS)), replicated(mesh))
     state = create_train_state(variables, optimizer, replicated(mesh))
     step = jit_train_step(model, optimizer, schedule, loss_config(), mesh)
+    # Model FLOPs: the same step with direct convolutions, lowered only.
+    counted = jit_train_step(models.build(tiny, dtype, "direct"), optimizer, schedule, loss_config(), mesh)
     batch = make_batch(batch_size * mesh.devices.size, mesh, crop)
-    timing = common.measure(step, (state, batch), repeats, carry=lambda a, r: (r[0], a[1]))
+    flops = common.model_flops(counted, (state, batch))
+    timing = common.measure(step, (state, batch), repeats, carry=lambda a, r: (r[0], a[1]), flops=flops)
     return timing
 
 
@@ -69,12 +72,12 @@ def run(args) -> list[dict]:
     crop = common.parse_size(args.train_size)
     rows = []
     on_accelerator = jax.default_backend() != "cpu"
-    for dtype in common.parse_strs(args.dtype):
+    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)):
         if on_accelerator and not args.batch:
             batch, fits = 1, None
             while batch <= args.max_batch:
                 try:
-                    _time(args.tiny, dtype, batch, 1, crop)
+                    _time(args.tiny, dtype, batch, 1, crop, conv)
                     fits = batch
                     print(f"training {dtype}: per-device batch {batch} fits", flush=True)
                     batch *= 2
@@ -89,17 +92,17 @@ def run(args) -> list[dict]:
             batch, searched = fits, True
         else:
             batch, searched = args.batch or 1, False
-        timing = _time(args.tiny, dtype, batch, args.repeats, crop)
+        timing = _time(args.tiny, dtype, batch, args.repeats, crop, conv)
         clips = batch * jax.device_count()
         row = {
             "config": "tiny" if args.tiny else "full", "clip": [CLIP_LENGTH, *crop], "objects": NUM_OBJECTS,
-            "dtype": dtype, "per_device_batch": batch, "global_batch": clips,
+            "dtype": dtype, "decoder_conv": conv, "per_device_batch": batch, "global_batch": clips,
             "batch_searched_by_doubling": searched,
             "clips_per_s": clips / (timing.median_ms / 1e3),
             **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
         }
         rows.append(row)
-        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype}: "
+        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype} decoder {conv}: "
               f"{timing.median_ms:.1f} ms/step (min {timing.min_ms:.1f}), {row['clips_per_s']:.2f} clips/s, "
               f"compile {timing.compile_s:.1f} s, "
               f"{'n/a' if timing.flops is None else f'{timing.flops / 1e9:.1f}'} GFLOP/step, "

@@ -41,6 +41,11 @@ def munet_config() -> ml_collections.ConfigDict:
     c.key_dim = 128
     c.value_dim = 512
     c.decoder_dim = 256
+    # How the decoder's 3x3 convs run (same parameters, same function up to float rounding):
+    # 'auto' = Winograd F(4x4, 3x3) on XLA:CPU where it is faster (float32 maps >= 64x64 with
+    # >= 128 channels: the stride-4/8 stages), lax.conv elsewhere and on GPU/TPU; 'direct'
+    # always lax.conv; 'winograd' every 3x3 conv of the decoder (munet_jax.models.winograd).
+    c.decoder_conv = "auto"
 
     # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
     c.dtype = "float32"

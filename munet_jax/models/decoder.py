@@ -7,6 +7,18 @@
 
 Refine(skip, coarse) = ResBlock(ResBlock(conv3x3(skip)) + up2(coarse)).
 
+Objects share the query frame's skips: with K objects folded into the batch of
+x ([B*K, ...], object-major within each frame), res3 / res2 may be given once
+per frame ([B, ...]); the skip branch ResBlock(conv3x3(skip)) then runs once
+per frame instead of once per object (STM's code reruns it per object: at 480p
+it is 115 of the decoder's 210 GFLOP per object) and is repeated over the K
+objects before the merge. Passing [B*K, ...] skips works too.
+
+`conv_algorithm` chooses how the 3x3 convs run: 'direct' (lax.conv), 'winograd'
+(F(4x4, 3x3), `munet_jax.models.winograd`) or 'auto' (Winograd on XLA:CPU for
+float32 maps of at least 64x64 with 128+ channels, i.e. the stride-4 and
+stride-8 stages at 480p; direct everywhere else). Same parameters either way.
+
 All upsampling is bilinear with half-pixel centres, PyTorch's
 `F.interpolate(..., mode='bilinear', align_corners=False)`: output pixel x
 samples input coordinate (x + 0.5) / s - 0.5, clamped at the border.
@@ -24,8 +36,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from munet_jax.models import winograd
 
-def _conv3x3(features: int, dtype: Any, name: str) -> nn.Conv:
+
+def _conv3x3(features: int, dtype: Any, name: str, algorithm: str = "direct") -> nn.Conv:
     """PyTorch `Conv2d(c, features, 3, padding=1)` with bias: keeps H, W."""
     return nn.Conv(
         features,
@@ -34,6 +48,7 @@ def _conv3x3(features: int, dtype: Any, name: str) -> nn.Conv:
         use_bias=True,
         dtype=dtype,
         param_dtype=jnp.float32,
+        conv_general_dilated=winograd.conv_fn(algorithm),
         name=name,
     )
 
@@ -49,52 +64,71 @@ class ResBlock(nn.Module):
 
     dim: int
     dtype: Any = jnp.float32
+    conv_algorithm: str = "direct"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        r = _conv3x3(self.dim, self.dtype, "conv1")(nn.relu(x))
-        r = _conv3x3(self.dim, self.dtype, "conv2")(nn.relu(r))
+        r = _conv3x3(self.dim, self.dtype, "conv1", self.conv_algorithm)(nn.relu(x))
+        r = _conv3x3(self.dim, self.dtype, "conv2", self.conv_algorithm)(nn.relu(r))
         if x.shape[-1] != self.dim:
-            x = _conv3x3(self.dim, self.dtype, "downsample")(x)
+            x = _conv3x3(self.dim, self.dtype, "downsample", self.conv_algorithm)(x)
         return x + r
 
 
 class Refine(nn.Module):
-    """Merges a skip feature [B, 2h, 2w, Cs] with the coarser map [B, h, w, dim] -> [B, 2h, 2w, dim]."""
+    """Merges a skip feature [B, 2h, 2w, Cs] with the coarser map [B*K, h, w, dim] -> [B*K, 2h, 2w, dim].
+
+    The skip branch runs on the B frames and is repeated for their K objects.
+    """
 
     dim: int
     dtype: Any = jnp.float32
+    conv_algorithm: str = "direct"
 
     @nn.compact
     def __call__(self, skip: jax.Array, coarse: jax.Array) -> jax.Array:
-        s = ResBlock(self.dim, self.dtype, name="res_skip")(_conv3x3(self.dim, self.dtype, "conv_skip")(skip))
+        conv = _conv3x3(self.dim, self.dtype, "conv_skip", self.conv_algorithm)
+        s = ResBlock(self.dim, self.dtype, self.conv_algorithm, name="res_skip")(conv(skip))  # [B, 2h, 2w, dim]
+        k = coarse.shape[0] // skip.shape[0]
+        if k > 1:  # [B, ...] -> [B, K, ...] -> [B*K, ...]: frame b's objects are rows b*K .. b*K+K-1
+            s = jnp.broadcast_to(s[:, None], (s.shape[0], k) + s.shape[1:]).reshape((-1,) + s.shape[1:])
         m = s + upsample_bilinear(coarse, 2).astype(s.dtype)
-        return ResBlock(self.dim, self.dtype, name="res_merge")(m)
+        return ResBlock(self.dim, self.dtype, self.conv_algorithm, name="res_merge")(m)
 
 
 class Decoder(nn.Module):
-    """x [B, h, w, 2Cv], res3 [B, 2h, 2w, C3], res2 [B, 4h, 4w, C2] -> logits [B, 16h, 16w, 2].
+    """x [B*K, h, w, 2Cv], res3 [B, 2h, 2w, C3], res2 [B, 4h, 4w, C2] -> logits [B*K, 16h, 16w, 2].
 
-    Channel 0 is background, 1 foreground, of one object; float32 whatever
-    `dtype` (the last upsampling and everything after it run in float32).
+    K objects per frame (rows b*K .. b*K+K-1 of x belong to frame b; K = 1 when
+    x and the skips have the same batch). Channel 0 is background, 1 foreground,
+    of one object; float32 whatever `dtype` (the last upsampling and everything
+    after it run in float32).
     """
 
     dim: int = 256
     dtype: Any = jnp.float32
+    conv_algorithm: str = "direct"  # 'direct', 'winograd' or 'auto' (module docstring)
 
     @nn.compact
     def __call__(self, x: jax.Array, res3: jax.Array, res2: jax.Array) -> jax.Array:
         if x.ndim != 4 or res3.ndim != 4 or res2.ndim != 4:
             raise ValueError(f"Decoder inputs must be [B, H, W, C]; got {x.shape}, {res3.shape}, {res2.shape}")
-        b, h, w = x.shape[:3]
-        if res3.shape[:3] != (b, 2 * h, 2 * w) or res2.shape[:3] != (b, 4 * h, 4 * w):
+        bk, h, w = x.shape[:3]
+        b = res3.shape[0]
+        if b == 0 or bk % b or res2.shape[0] != b:
             raise ValueError(
-                f"Decoder: res3 {res3.shape[:3]} must be [B, 2h, 2w] = {(b, 2 * h, 2 * w)} and res2 "
-                f"{res2.shape[:3]} must be [B, 4h, 4w] = {(b, 4 * h, 4 * w)} for x {x.shape[:3]}; "
+                f"Decoder: x has batch {bk} (frames x objects) but res3 {res3.shape[0]} and res2 {res2.shape[0]} "
+                "frames: the skips need one entry per frame (or per object), the same for both"
+            )
+        if res3.shape[1:3] != (2 * h, 2 * w) or res2.shape[1:3] != (4 * h, 4 * w):
+            raise ValueError(
+                f"Decoder: res3 {res3.shape[1:3]} must be [2h, 2w] = {(2 * h, 2 * w)} and res2 "
+                f"{res2.shape[1:3]} must be [4h, 4w] = {(4 * h, 4 * w)} for x {x.shape[1:3]}; "
                 "pad the input image to a multiple of 16 (munet.pad_spatial)"
             )
-        m4 = ResBlock(self.dim, self.dtype, name="res_read")(_conv3x3(self.dim, self.dtype, "conv_read")(x))
-        m3 = Refine(self.dim, self.dtype, name="refine3")(res3, m4)  # [B, 2h, 2w, dim]
-        m2 = Refine(self.dim, self.dtype, name="refine2")(res2, m3)  # [B, 4h, 4w, dim]
-        p2 = _conv3x3(2, self.dtype, "pred")(nn.relu(m2))  # [B, 4h, 4w, 2]
+        algo = self.conv_algorithm
+        m4 = ResBlock(self.dim, self.dtype, algo, name="res_read")(_conv3x3(self.dim, self.dtype, "conv_read", algo)(x))
+        m3 = Refine(self.dim, self.dtype, algo, name="refine3")(res3, m4)  # [B*K, 2h, 2w, dim]
+        m2 = Refine(self.dim, self.dtype, algo, name="refine2")(res2, m3)  # [B*K, 4h, 4w, dim]
+        p2 = _conv3x3(2, self.dtype, "pred", algo)(nn.relu(m2))  # [B*K, 4h, 4w, 2]
         return upsample_bilinear(p2.astype(jnp.float32), 4)

@@ -104,7 +104,8 @@ class MUNet(nn.Module):
             self.fusion = make_fusion(c.fusion, dtype)
         self.kv_query = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype)
         self.kv_memory = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype)
-        self.decoder = Decoder(dim=c.decoder_dim, dtype=dtype)
+        # Configs written before decoder_conv existed get 'auto' (same parameters either way).
+        self.decoder = Decoder(dim=c.decoder_dim, dtype=dtype, conv_algorithm=c.get("decoder_conv", "auto"))
 
     def encode_query(self, images: jax.Array) -> dict[str, jax.Array]:
         """Enc-Q. images [B, H, W, 3] -> {'res2': [B, Hp/4, Wp/4, 4w], 'res3': .../8, 'res4': .../16}."""
@@ -171,7 +172,8 @@ class MUNet(nn.Module):
             per_object(q_key),
             per_object(q_value),
         )
-        logits2 = self.decoder(read, per_object(query["res3"]), per_object(query["res2"]))  # [B*K, Hp, Wp, 2]
+        # The skips stay one per frame: the decoder runs their branch once and repeats it over K.
+        logits2 = self.decoder(read, query["res3"], query["res2"])  # [B*K, Hp, Wp, 2]
         fg_probs = jax.nn.softmax(logits2.astype(jnp.float32), axis=-1)[..., 1]
         fg_probs = crop_to(fg_probs[..., None], image_hw)[..., 0].reshape((b, k) + tuple(image_hw))
         logits = soft_aggregate(fg_probs, object_valid)  # [B, H, W, K+1]

@@ -1,0 +1,180 @@
+"""Winograd F(4x4, 3x3) conv against direct convolution (NumPy and lax), dispatch, gradients,
+and the decoder's shared skip branch."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from munet_jax.models import winograd
+from munet_jax.models.decoder import Decoder
+
+
+def numpy_conv3x3(x, kernel):
+    """Direct 3x3 conv, zero padding 1, in float64: x [B, H, W, C], kernel [3, 3, C, K]."""
+    b, h, w, _ = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((b, h, w, kernel.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out += xp[:, i:i + h, j:j + w] @ kernel[i, j].astype(np.float64)
+    return out
+
+
+def lax_conv(x, kernel):
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+def test_transforms_compute_1d_correlation_exactly():
+    # F(4, 3) in one dimension: A^T [(G g) * (B^T d)] = the 4 outputs of correlating d (6) with g (3).
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.normal(size=6), rng.normal(size=3)
+        expected = np.array([d[i:i + 3] @ g for i in range(4)])
+        got = winograd.A_T @ ((winograd.G @ g) * (winograd.B_T @ d))
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8, 3, 5), (2, 13, 18, 6, 4), (3, 5, 7, 2, 9), (1, 1, 1, 4, 4)])
+def test_matches_numpy_direct_conv(shape):
+    # Sizes that are and are not multiples of the 4x4 tile, C != K, batch > 1, a 1x1 image.
+    b, h, w, c, k = shape
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(b, h, w, c)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, c, k)).astype(np.float32)
+    expected = numpy_conv3x3(x, kernel)
+    got = np.asarray(jax.jit(winograd.conv3x3)(x, kernel))
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_strips_give_the_same_result_as_one_block():
+    # 8 tile rows cut into strips of 1 and of 3 tile rows (the last strip shorter).
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 31, 37, 16)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 16, 8)).astype(np.float32)
+    conv = jax.jit(winograd.conv3x3, static_argnames="strip_bytes")
+    whole = np.asarray(conv(x, kernel, strip_bytes=2**40))
+    per_tile_row = 36 * 2 * 10 * 16 * 4  # ALPHA^2 * B * tile_cols * max(C, K) * 4 bytes
+    for rows in (1, 3):
+        strips = np.asarray(conv(x, kernel, strip_bytes=rows * per_tile_row))
+        np.testing.assert_allclose(strips, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+    np.testing.assert_allclose(whole, numpy_conv3x3(x, kernel), rtol=0, atol=1e-4 * np.abs(whole).max())
+
+
+def test_decoder_sized_conv_precision():
+    # The shape `auto` targets (stride 4 of a small frame, 128 channels): error ~1e-5 of the scale.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 64, 72, 128)).astype(np.float32)
+    kernel = (rng.normal(size=(3, 3, 128, 128)) / np.sqrt(9 * 128)).astype(np.float32)
+    expected = numpy_conv3x3(x, kernel)
+    got = np.asarray(jax.jit(winograd.conv3x3)(x, kernel))
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_gradients_match_direct_conv():
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 9, 11, 4)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 3)).astype(np.float32))
+    target = jnp.asarray(rng.normal(size=(2, 9, 11, 3)).astype(np.float32))
+
+    def loss(conv, x, kernel):
+        return jnp.sum((conv(x, kernel) - target) ** 2)
+
+    gw = jax.jit(jax.grad(functools.partial(loss, winograd.conv3x3), argnums=(0, 1)))(x, kernel)
+    gd = jax.grad(functools.partial(loss, lax_conv), argnums=(0, 1))(x, kernel)
+    for a, b in zip(gw, gd):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-4 * np.abs(np.asarray(b)).max())
+
+
+def test_dispatch_sends_other_convs_to_lax_unchanged():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(1, 10, 12, 4)).astype(np.float32))
+    k3 = jnp.asarray(rng.normal(size=(3, 3, 4, 2)).astype(np.float32))
+    k1 = jnp.asarray(rng.normal(size=(1, 1, 4, 2)).astype(np.float32))
+    dn = ("NHWC", "HWIO", "NHWC")
+    conv = functools.partial(winograd.conv_general_dilated, "winograd")
+    cases = [  # (kernel, strides, padding): none of these is a plain 3x3 / stride 1 / pad 1 conv
+        (k3, (2, 2), ((1, 1), (1, 1))),
+        (k1, (1, 1), ((0, 0), (0, 0))),
+        (k3, (1, 1), "SAME"),
+        (k3, (1, 1), ((0, 0), (0, 0))),
+    ]
+    for kernel, strides, padding in cases:
+        got = conv(x, kernel, strides, padding, dimension_numbers=dn)
+        want = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn)
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # The plain 3x3 conv takes the Winograd path: close to lax, not bit-identical.
+    got = np.asarray(conv(x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn))
+    np.testing.assert_allclose(got, numpy_conv3x3(np.asarray(x), np.asarray(k3)), rtol=0, atol=1e-4)
+
+
+def test_auto_keeps_small_maps_and_narrow_channels_direct():
+    rng = np.random.default_rng(6)
+    dn = ("NHWC", "HWIO", "NHWC")
+    auto = functools.partial(winograd.conv_general_dilated, "auto")
+    small = jnp.asarray(rng.normal(size=(1, 30, 54, 128)).astype(np.float32))  # 1,620 pixels < 64x64
+    k = jnp.asarray(rng.normal(size=(3, 3, 128, 128)).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(auto(small, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)),
+        np.asarray(lax.conv_general_dilated(small, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))
+    narrow = jnp.asarray(rng.normal(size=(1, 64, 64, 16)).astype(np.float32))
+    kn = jnp.asarray(rng.normal(size=(3, 3, 16, 16)).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(auto(narrow, kn, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)),
+        np.asarray(lax.conv_general_dilated(narrow, kn, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))
+    assert winograd._worth_it(jnp.zeros((1, 64, 64, 128)), jnp.zeros((3, 3, 128, 128))) == (
+        jax.default_backend() == "cpu")
+
+
+def test_unknown_algorithm_is_rejected():
+    with pytest.raises(ValueError, match="conv algorithm 'fft'"):
+        winograd.conv_fn("fft")
+
+
+def _decoder_inputs(rng, frames, objects, h=3, w=4):
+    x = rng.normal(size=(frames * objects, h, w, 6)).astype(np.float32)
+    res3 = rng.normal(size=(frames, 2 * h, 2 * w, 5)).astype(np.float32)
+    res2 = rng.normal(size=(frames, 4 * h, 4 * w, 3)).astype(np.float32)
+    return x, res3, res2
+
+
+def test_decoder_skips_once_per_frame_equal_skips_per_object():
+    # 2 frames x 3 objects: skips given per frame (shared branch) or repeated per object.
+    rng = np.random.default_rng(7)
+    x, res3, res2 = _decoder_inputs(rng, frames=2, objects=3)
+    dec = Decoder(dim=4, conv_algorithm="direct")
+    variables = dec.init(jax.random.PRNGKey(0), x, res3, res2)
+    apply = jax.jit(dec.apply)
+    shared = np.asarray(apply(variables, x, res3, res2))
+    repeated = np.asarray(apply(variables, x, np.repeat(res3, 3, axis=0), np.repeat(res2, 3, axis=0)))
+    assert shared.shape == (6, 48, 64, 2)
+    np.testing.assert_allclose(shared, repeated, rtol=1e-6, atol=1e-6)
+    # Object order: rows b*K .. b*K+K-1 belong to frame b (changing frame 1's skips leaves frame 0's rows).
+    moved = np.asarray(apply(variables, x, res3 + np.array([0.0, 1.0], np.float32)[:, None, None, None], res2))
+    np.testing.assert_array_equal(moved[:3], shared[:3])
+    assert np.abs(moved[3:] - shared[3:]).max() > 1e-3
+
+
+def test_decoder_rejects_skips_of_the_wrong_batch():
+    rng = np.random.default_rng(8)
+    x, res3, res2 = _decoder_inputs(rng, frames=2, objects=2)
+    with pytest.raises(ValueError, match="one entry per frame"):
+        Decoder(dim=4).init(jax.random.PRNGKey(0), x, res3[:1], res2)
+
+
+def test_decoder_winograd_matches_direct_with_the_same_parameters():
+    rng = np.random.default_rng(9)
+    x, res3, res2 = _decoder_inputs(rng, frames=1, objects=2, h=2, w=3)
+    direct = Decoder(dim=4, conv_algorithm="direct")
+    variables = direct.init(jax.random.PRNGKey(1), x, res3, res2)
+    fast = Decoder(dim=4, conv_algorithm="winograd")
+    assert jax.tree_util.tree_structure(fast.init(jax.random.PRNGKey(1), x, res3, res2)) == \
+        jax.tree_util.tree_structure(variables)
+    a = np.asarray(direct.apply(variables, x, res3, res2))
+    b = np.asarray(fast.apply(variables, x, res3, res2))
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
