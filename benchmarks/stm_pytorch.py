@@ -234,6 +234,16 @@ def time_frame(model, size, objects, memory, repeats):
             "median_ms": statistics.median(times) * 1e3, "min_ms": min(times) * 1e3, "repeats": repeats}
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="480x864,240x432", help="padded frame sizes HxW (multiples of 16)")
@@ -262,7 +272,8 @@ def main(argv=None):
                       f"float32: {row['median_ms']:.1f} ms (min {row['min_ms']:.1f})", flush=True)
     if args.json:
         info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-                "processor": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d")}
+                "processor": cpu_model(), "mkldnn": torch.backends.mkldnn.is_available(),
+                "date": time.strftime("%Y-%m-%d")}
         with open(args.json, "w") as f:
             json.dump({"info": info, "rows": rows}, f, indent=1)
 

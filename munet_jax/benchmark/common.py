@@ -23,6 +23,7 @@ import platform
 import re
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -70,6 +71,21 @@ def peak_gflops(dtype: str, override: float | None = None) -> tuple[float | None
     return None, f"no peak known for {kind!r}: pass --peak_gflops"
 
 
+def cpu_description() -> str:
+    """The host CPU's model name and its wide-vector / matrix extensions (Linux), e.g.
+    'AMD EPYC (avx2, fma)': the runs land on different machines from day to day."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
+    have = set(flags.group(1).split()) if flags else set()
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    name = model.group(1).strip() if model else platform.machine()
+    return f"{name} ({', '.join(f for f in wanted if f in have) or 'no AVX2'})"
+
+
 def device_info() -> dict[str, Any]:
     import flax
     import jaxlib
@@ -80,7 +96,7 @@ def device_info() -> dict[str, Any]:
         "platform": dev.platform,
         "num_devices": jax.device_count(),
         "cpu_cores": os.cpu_count(),
-        "host": platform.processor() or platform.machine(),
+        "host": cpu_description(),
         "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
                      "numpy": np.__version__, "python": platform.python_version()},
         "date": datetime.date.today().isoformat(),
