@@ -141,3 +141,24 @@ def test_stm_baseline_is_merged_and_compared(tmp_path):
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="bad.json"):
         report.read_stm_results(bad)
+
+
+def test_measure_many_interleaves_and_carries_each_state():
+    calls = []
+
+    def make(name):
+        @jax.jit
+        def f(x):
+            return x + 1
+        def traced(x):
+            calls.append(name)
+            return f(x)
+        traced.lower, traced._cache_size = f.lower, f._cache_size
+        return traced
+
+    a, b = make("a"), make("b")
+    timings = common.measure_many([common.Program(a, (jnp.zeros(2),), carry=lambda args, r: (r,)),
+                                   common.Program(b, (jnp.zeros(2),))], repeats=3)
+    assert [t.repeats for t in timings] == [3, 3]
+    assert calls[-6:] == ["a", "b"] * 3  # the timed calls alternate
+    assert all(t.recompiled is False and t.median_ms > 0 for t in timings)

@@ -57,11 +57,11 @@ def test_strips_give_the_same_result_as_one_block():
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 31, 37, 16)).astype(np.float32)
     kernel = rng.normal(size=(3, 3, 16, 8)).astype(np.float32)
-    conv = jax.jit(winograd.conv3x3, static_argnames="strip_bytes")
-    whole = np.asarray(conv(x, kernel, strip_bytes=2**40))
+    conv = jax.jit(winograd.conv3x3, static_argnums=2)
+    whole = np.asarray(conv(x, kernel, 2**40))
     per_tile_row = 36 * 2 * 10 * 16 * 4  # ALPHA^2 * B * tile_cols * max(C, K) * 4 bytes
     for rows in (1, 3):
-        strips = np.asarray(conv(x, kernel, strip_bytes=rows * per_tile_row))
+        strips = np.asarray(conv(x, kernel, rows * per_tile_row))
         np.testing.assert_allclose(strips, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
     np.testing.assert_allclose(whole, numpy_conv3x3(x, kernel), rtol=0, atol=1e-4 * np.abs(whole).max())
 

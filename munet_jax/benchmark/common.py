@@ -49,7 +49,7 @@ def measured_cpu_gemm_gflops() -> float:
     matmul = jax.jit(jnp.matmul)
     jax.block_until_ready(matmul(a, a))
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         start = time.perf_counter()
         jax.block_until_ready(matmul(a, a))
         best = min(best, time.perf_counter() - start)
@@ -197,6 +197,16 @@ class Timing:
         return d
 
 
+@dataclasses.dataclass
+class Program:
+    """One thing to time: a jitted function, its args, and how the args carry over (see `measure`)."""
+
+    jitted: Callable
+    args: tuple
+    carry: Callable | None = None
+    flops: float | None = None
+
+
 def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None = None,
             flops: float | None = None) -> Timing:
     """Compile `jitted` for `args`, warm up, time `repeats` calls.
@@ -206,50 +216,63 @@ def measure(jitted: Callable, args: tuple, repeats: int, carry: Callable | None 
     default every call gets the same args. flops: the model FLOPs to report (see
     `model_flops`); by default the compiled program's own count.
     """
-    t0 = time.perf_counter()
-    lowered = jitted.lower(*args)
-    t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    xla_flops, memory = flops_of(compiled), compiled_memory(compiled)
-    del compiled, lowered
+    return measure_many([Program(jitted, args, carry, flops)], repeats)[0]
 
-    # Warm-up: the cached program, no new compile. A stateful program gets a second
-    # warm-up call on its own output state when the first grew the cache (an output
-    # whose sharding or type differs from the input's compiles a second program).
-    warmup_calls = 0
-    while True:
-        size = cache_size(jitted)
-        result = jax.block_until_ready(jitted(*args))
-        warmup_calls += 1
-        if carry is not None:
-            args = carry(args, result)
-        if carry is None or warmup_calls >= 3 or size is None or cache_size(jitted) == size:
-            break
-    before = cache_size(jitted)
-    times = []
+
+def measure_many(programs: list[Program], repeats: int) -> list[Timing]:
+    """`measure` for several programs, their timed calls interleaved (A B A B ...).
+
+    On a shared machine the speed drifts by 10-20% over minutes; alternating the
+    calls exposes every program to the same drift, so their ratio is what a
+    before/after comparison should read.
+    """
+    states = []
+    for p in programs:
+        t0 = time.perf_counter()
+        lowered = p.jitted.lower(*p.args)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        xla_flops, memory = flops_of(compiled), compiled_memory(compiled)
+        del compiled, lowered
+        # Warm-up: the cached program, no new compile. A stateful program gets a second
+        # warm-up call on its own output state when the first grew the cache (an output
+        # whose sharding or type differs from the input's compiles a second program).
+        args, warmup_calls = p.args, 0
+        while True:
+            size = cache_size(p.jitted)
+            result = jax.block_until_ready(p.jitted(*args))
+            warmup_calls += 1
+            if p.carry is not None:
+                args = p.carry(args, result)
+            if p.carry is None or warmup_calls >= 3 or size is None or cache_size(p.jitted) == size:
+                break
+        states.append({"args": args, "times": [], "lower_s": t1 - t0, "compile_s": t2 - t1, "xla_flops": xla_flops,
+                       "memory": memory, "warmup_calls": warmup_calls, "before": cache_size(p.jitted)})
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = jax.block_until_ready(jitted(*args))
-        times.append(time.perf_counter() - start)
-        if carry is not None:
-            args = carry(args, result)
-    after = cache_size(jitted)
-    jax.block_until_ready(result)
-    return Timing(
-        median_ms=statistics.median(times) * 1e3,
-        min_ms=min(times) * 1e3,
-        repeats=repeats,
-        lower_s=t1 - t0,
-        compile_s=t2 - t1,
-        flops=xla_flops if flops is None else flops,
-        memory=memory,
-        device_peak_bytes=device_peak_bytes(),
-        cache_before=before,
-        cache_after=after,
-        warmup_calls=warmup_calls,
-        xla_flops=xla_flops,
-    )
+        for p, st in zip(programs, states):
+            start = time.perf_counter()
+            result = jax.block_until_ready(p.jitted(*st["args"]))
+            st["times"].append(time.perf_counter() - start)
+            if p.carry is not None:
+                st["args"] = p.carry(st["args"], result)
+    return [
+        Timing(
+            median_ms=statistics.median(st["times"]) * 1e3,
+            min_ms=min(st["times"]) * 1e3,
+            repeats=repeats,
+            lower_s=st["lower_s"],
+            compile_s=st["compile_s"],
+            flops=st["xla_flops"] if p.flops is None else p.flops,
+            memory=st["memory"],
+            device_peak_bytes=device_peak_bytes(),
+            cache_before=st["before"],
+            cache_after=cache_size(p.jitted),
+            warmup_calls=st["warmup_calls"],
+            xla_flops=st["xla_flops"],
+        )
+        for p, st in zip(programs, states)
+    ]
 
 
 def utilisation(timing: Timing, dtype: str, peak_override: float | None) -> dict:

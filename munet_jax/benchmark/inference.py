@@ -63,31 +63,35 @@ def run(args) -> list[dict]:
     frame = jnp.asarray(pad_to(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8), bucket))
     rows = []
     variables = models.variables(args.tiny)
-    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)):
+    variants = [(d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)]
+    programs = {}
+    for dtype, conv in variants:
         model = models.build(args.tiny, dtype, conv)
-        program = jax.jit(functools.partial(step_state, model, icfg.mem_every), donate_argnums=(1,))
-        # Model FLOPs: the same step with direct convolutions, lowered only.
-        counted = jax.jit(functools.partial(step_state, models.build(args.tiny, dtype, "direct"), icfg.mem_every))
-        for k in common.parse_ints(args.objects):
-            no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
-            for t in common.parse_ints(args.memory):
-                state = full_state(model, k, t, bucket, size)
-                call_args = (variables, state, frame, *no_new)
-                timing = common.measure(
-                    program, call_args, args.repeats,
-                    carry=lambda a, r: (a[0], r[0], *a[2:]),
-                    flops=common.model_flops(counted, call_args),
-                )
+        programs[dtype, conv] = (model, jax.jit(functools.partial(step_state, model, icfg.mem_every), donate_argnums=(1,)))
+    # Model FLOPs: the same step with direct convolutions, lowered only.
+    counted = {d: jax.jit(functools.partial(step_state, models.build(args.tiny, d, "direct"), icfg.mem_every))
+               for d in common.parse_strs(args.dtype)}
+    for k in common.parse_ints(args.objects):
+        no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
+        for t in common.parse_ints(args.memory):
+            # Every dtype / decoder variant of this setting, timed interleaved (common.measure_many).
+            batch = []
+            for dtype, conv in variants:
+                model, program = programs[dtype, conv]
+                call_args = (variables, full_state(model, k, t, bucket, size), frame, *no_new)
+                batch.append(common.Program(program, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]),
+                                            flops=common.model_flops(counted[dtype], call_args)))
+            for (dtype, conv), timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
                     "config": "tiny" if args.tiny else "full",
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,
                     "dtype": dtype, "decoder_conv": conv, "fps": 1e3 / timing.median_ms,
+                    "timed_with": [f"{d}/{c}" for d, c in variants],
                     **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
                 }
                 rows.append(row)
                 print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {dtype} "
-                      f"decoder {conv}: "
-                      f"{timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
+                      f"decoder {conv}: {timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
                       f"compile {timing.compile_s:.1f} s, {fmt_gflops(timing.flops)} model GFLOP/frame, "
                       f"recompiled={timing.recompiled}", flush=True)
     return rows

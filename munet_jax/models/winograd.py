@@ -118,12 +118,42 @@ def _output_tiles(m: jax.Array, batch: int, tile_rows: int, tile_cols: int) -> j
     return y.reshape(batch, TILE * tile_rows, TILE * tile_cols, k)
 
 
+def _direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The same conv with lax (NHWC / HWIO, padding 1)."""
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv3x3(x: jax.Array, kernel: jax.Array, strip_bytes: int = STRIP_BYTES) -> jax.Array:
     """3x3 conv, stride 1, zero padding 1 (PyTorch `Conv2d(C, K, 3, padding=1)`, no bias).
 
     x [B, H, W, C], kernel [3, 3, C, K] (HWIO) -> [B, H, W, K] in x's dtype,
-    computed in float32.
+    computed in float32. Gradients are the direct conv's (below): the function is
+    the same, and differentiating through the tile transforms measured slower
+    than lax's transposed convs in the backward pass.
     """
+    return _winograd(x, kernel, strip_bytes)
+
+
+def _conv3x3_fwd(x, kernel, strip_bytes):
+    return _winograd(x, kernel, strip_bytes), (x, kernel)
+
+
+def _conv3x3_bwd(strip_bytes, residuals, g):
+    """Transposes of the direct conv (linear in x and in the kernel): no forward recomputed."""
+    del strip_bytes
+    x, kernel = residuals
+    g = g.astype(jnp.result_type(x, kernel))
+    (gx,) = jax.linear_transpose(lambda x_: _direct(x_, kernel.astype(g.dtype)), x.astype(g.dtype))(g)
+    (gk,) = jax.linear_transpose(lambda k_: _direct(x.astype(g.dtype), k_), kernel.astype(g.dtype))(g)
+    return gx.astype(x.dtype), gk.astype(kernel.dtype)
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _winograd(x: jax.Array, kernel: jax.Array, strip_bytes: int) -> jax.Array:
+    """The forward pass of `conv3x3`."""
     if x.ndim != 4 or kernel.shape[:2] != (3, 3) or kernel.shape[2] != x.shape[-1]:
         raise ValueError(f"winograd.conv3x3: x {x.shape} must be [B, H, W, C] and kernel {kernel.shape} [3, 3, C, K]")
     out_dtype = x.dtype
