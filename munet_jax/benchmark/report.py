@@ -145,7 +145,7 @@ def markdown(report: dict) -> str:
         "Compile: XLA compile time of the program (tracing/lowering not included). GFLOP: model FLOPs, XLA's "
         "cost analysis of the same program with direct convolutions (a Winograd decoder does fewer; loops "
         "such as the cost volume's scan may be counted once per loop body); GFLOP/s and MFU divide them by the "
-        "time. Decoder: the decoder's 3x3 conv algorithm (`model.decoder_conv`). "
+        "time, so with the Winograd decoder they can pass the GEMM peak (fewer multiplications than credited). Decoder: the decoder's 3x3 conv algorithm (`model.decoder_conv`). "
         "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
         "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
         "Recompiled: the jit cache grew during the timed loop.",
