@@ -26,7 +26,8 @@ flush-to-zero on, after warm-up:
 
 This is the network MUNet extends (the same encoders, memory read and decoder,
 without the MU-Layer and MSAM), written here from the STM paper's description
-in the layout of its public code; no code of STM is copied. `python -m
+in the layout of its public code; no code of STM is copied. The ResNet-50 body
+is the torchvision-layout `NarrowResNet` of scripts/make_resnet_fixture.py. `python -m
 munet_jax.benchmark inference` times the munet_jax frame at the same settings.
 """
 
@@ -37,73 +38,41 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class Bottleneck(nn.Module):
-    """torchvision ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: bool = False):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.downsample = (
-            nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4))
-            if downsample else None
-        )
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        return F.relu(self.bn3(self.conv3(out)) + identity)
+# The torchvision-layout ResNet (Bottleneck, stem, layer1..3) of the encoder test fixture.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_resnet_fixture import NarrowResNet  # noqa: E402
 
 
-def resnet50_layers(inplanes: int = 64):
-    """layer1..layer3 of ResNet-50 (3, 4, 6 bottlenecks)."""
-    stages = []
-    for s, blocks in enumerate((3, 4, 6)):
-        planes = 64 * 2**s
-        layers = [Bottleneck(inplanes, planes, 1 if s == 0 else 2, downsample=True)]
-        inplanes = planes * 4
-        layers += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
-        stages.append(nn.Sequential(*layers))
-    return stages
+class EncoderQ(NarrowResNet):
+    """Enc-Q: ResNet-50 stem + layer1..3 -> (r4, r3, r2)."""
 
-
-class EncoderQ(nn.Module):
     def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1, self.layer2, self.layer3 = resnet50_layers()
+        super().__init__(width=64, stage_sizes=(3, 4, 6))
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, 2, 1)
-        r2 = self.layer1(x)
-        r3 = self.layer2(r2)
-        return self.layer3(r3), r3, r2
+        out = super().forward(x)
+        return out["res4"], out["res3"], out["res2"]
 
 
-class EncoderM(EncoderQ):
+class EncoderM(NarrowResNet):
     """Enc-M: the RGB stem conv plus one conv for the object's mask and one for the other objects'."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(width=64, stage_sizes=(3, 4, 6))
         self.conv1_m = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
         self.conv1_o = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
 
     def forward(self, x, mask, other):
         x = self.conv1(x) + self.conv1_m(mask) + self.conv1_o(other)
-        x = F.max_pool2d(F.relu(self.bn1(x)), 3, 2, 1)
+        x = self.maxpool(self.relu(self.bn1(x)))
         return self.layer3(self.layer2(self.layer1(x)))
 
 

@@ -37,7 +37,6 @@ import copy
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 WIDTH = 8
@@ -123,6 +122,8 @@ def reference(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def main() -> None:
+    from safetensors.torch import save_file  # only here: benchmarks/stm_pytorch.py imports the model classes
+
     gen = torch.Generator().manual_seed(SEED)
     model = NarrowResNet(WIDTH, STAGE_SIZES).eval()
     randomise(model, gen)

@@ -56,12 +56,9 @@ def _time(tiny, dtype, batch_size, repeats, crop, decoder_conv=None):
     state = create_train_state(variables, optimizer, replicated(mesh))
     step = jit_train_step(model, optimizer, schedule, loss_config(), mesh)
     batch = make_batch(batch_size * mesh.devices.size, mesh, crop)
-    flops = None  # the timed program's own count: right when every conv is direct
-    if model.config.decoder_conv == "winograd" or (model.config.decoder_conv == "auto" and not tiny):
-        # Model FLOPs: the same step with direct convolutions, lowered only (the tiny
-        # decoder is too narrow for `auto` to choose Winograd: nothing to correct there).
-        counted = jit_train_step(models.build(tiny, dtype, "direct"), optimizer, schedule, loss_config(), mesh)
-        flops = common.model_flops(counted, (state, batch))
+    # Model FLOPs: the same step with direct convolutions, lowered only (as inference does).
+    counted = jit_train_step(models.build(tiny, dtype, "direct"), optimizer, schedule, loss_config(), mesh)
+    flops = common.model_flops(counted, (state, batch))
     timing = common.measure(step, (state, batch), repeats, carry=lambda a, r: (r[0], a[1]), flops=flops)
     return timing
 
