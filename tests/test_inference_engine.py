@@ -17,8 +17,9 @@ import pytest
 from munet_jax.data.synthetic import render_video
 from munet_jax.inference import InferenceEngine, VideoSegmenter, inference_config, segment_video
 from munet_jax.inference.engine import choose_object_bucket, choose_size_bucket
-from munet_jax.models.config import tiny_munet_config
-from munet_jax.models.munet import IMAGENET_MEAN, MUNet, build_model, init_variables
+from munet_jax.models.config import munet_config, tiny_munet_config
+from munet_jax.models.munet import IMAGENET_MEAN, MUNet, build_model, init_variables, prepared_kernels
+from munet_jax.models.winograd import PREPARED
 
 BUCKET = (32, 48)
 
@@ -280,3 +281,56 @@ def test_bad_inputs_raise_clear_errors(model, variables, engine):
         cfg = inference_config()
         cfg.size_buckets = ((480, 854),)
         InferenceEngine(model, cfg)
+
+
+def test_prepared_winograd_kernels_give_the_same_video(model, variables):
+    # conv3x3='winograd' makes the tiny model's stride-1 3x3 convs Winograd (its channels are below
+    # auto's 128): prepared kernels (transformed once) and bare variables (transformed in every
+    # frame) must segment alike, and like lax's direct convs.
+    cfg = inference_config()
+    cfg.size_buckets = (BUCKET,)
+    cfg.object_buckets = (2,)
+    frames, masks = render_video(8, 5, 30, 40, 2)
+    fast_config = tiny_munet_config()
+    fast_config.conv3x3 = "winograd"
+    fast = InferenceEngine(build_model(fast_config), cfg)
+    prepared = fast.prepare(variables)
+    assert set(prepared) == set(variables) | {PREPARED}
+    assert fast.prepare(prepared) is prepared  # idempotent: nothing recomputed
+    assert set(InferenceEngine(model, cfg).prepare(variables)) == set(variables)  # auto: nothing at 16 channels
+    # One prepared kernel per stride-1 3x3 conv of the encoders, key/value and decoder, at the conv's
+    # params path (the MU-Layer's small motion network keeps plain convs).
+    kernels = {jax.tree_util.keystr(p[:-1]) for p, _ in jax.tree_util.tree_leaves_with_path(prepared[PREPARED])}
+    convs = {jax.tree_util.keystr(p[:-1]) for p, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
+             if p[-1].key == "kernel" and leaf.shape[:2] == (3, 3) and p[0].key != "mu_layer"}
+    strided = {"['enc_q']['layer2_0']['conv2']", "['enc_q']['layer3_0']['conv2']",
+               "['enc_r']['layer2_0']['conv2']", "['enc_r']['layer3_0']['conv2']"}
+    assert strided <= convs and kernels == convs - strided
+    with_prepared = segment_video(fast, prepared, frames, masks[0], return_probs=True)["probs"]
+    on_the_fly = segment_video(fast, variables, frames, masks[0], return_probs=True)["probs"]
+    direct_config = tiny_munet_config()
+    direct_config.conv3x3 = "direct"
+    direct = segment_video(InferenceEngine(build_model(direct_config), cfg), variables, frames, masks[0],
+                           return_probs=True)["probs"]
+    np.testing.assert_allclose(with_prepared, on_the_fly, atol=1e-4)
+    np.testing.assert_allclose(with_prepared, direct, atol=1e-3)
+
+
+def test_full_model_prepares_the_wide_stride_1_convs_on_cpu():
+    # Shapes only (eval_shape): which convs of the paper-size model get a prepared kernel under 'auto'.
+    model = build_model(munet_config())
+    like = jax.eval_shape(lambda: init_variables(model, 0, (64, 64), 1))
+    kernels = jax.eval_shape(lambda v: prepared_kernels(model, v), like)
+    paths = {jax.tree_util.keystr(p[:-1]): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(kernels)}
+    if jax.default_backend() != "cpu":
+        assert paths == {}
+        return
+    encoders = {f"['{e}']['layer{s}_{b}']['conv2']" for e in ("enc_q", "enc_r") for s, n in ((2, 4), (3, 6))
+                for b in range(1, n)}  # not layer1 (64 channels) nor the stride-2 first blocks
+    kv = {f"['{m}']['{n}']" for m in ("kv_query", "kv_memory") for n in ("key", "value")}
+    decoder = {"['decoder']['conv_read']", "['decoder']['res_read']['conv1']", "['decoder']['res_read']['conv2']"} | {
+        f"['decoder']['{r}']{c}" for r in ("refine3", "refine2") for c in (
+            "['conv_skip']", "['res_skip']['conv1']", "['res_skip']['conv2']", "['res_merge']['conv1']",
+            "['res_merge']['conv2']")}  # not 'pred' (2 output channels)
+    assert set(paths) == encoders | kv | decoder
+    assert paths["['kv_query']['value']"] == (36, 1024, 512)

@@ -1,8 +1,10 @@
-"""Winograd F(4x4, 3x3) conv against direct convolution (NumPy and lax), dispatch, gradients,
-and the decoder's shared skip branch."""
+"""Winograd F(4x4, 3x3) conv against direct convolution (NumPy and lax), the Conv3x3 module
+(flax nn.Conv's parameters, algorithm choice, prepared kernels), gradients, and the decoder's
+shared skip branch."""
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,49 +93,97 @@ def test_gradients_match_direct_conv():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-4 * np.abs(np.asarray(b)).max())
 
 
-def test_dispatch_sends_other_convs_to_lax_unchanged():
+def test_kernel_transform_matches_numpy():
     rng = np.random.default_rng(5)
+    kernel = rng.normal(size=(3, 3, 4, 6)).astype(np.float32)
+    expected = np.einsum("ai,ijck,bj->abck", winograd.G, kernel.astype(np.float64), winograd.G).reshape(36, 4, 6)
+    got = np.asarray(jax.jit(winograd.transform_kernel)(kernel))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    x = rng.normal(size=(2, 9, 7, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(winograd.conv3x3_transformed(x, got)), numpy_conv3x3(x, kernel),
+                               rtol=0, atol=1e-4 * np.abs(numpy_conv3x3(x, kernel)).max())
+
+
+def _uses_lax_conv(fn, *args) -> bool:
+    return "conv_general_dilated" in str(jax.make_jaxpr(fn)(*args))
+
+
+@pytest.mark.parametrize("strides,use_bias", [(1, True), (2, False)])
+def test_conv3x3_module_has_nn_conv_parameters_and_function(strides, use_bias):
+    # Same parameter tree, same initial values (same names, order, initialisers) and, with
+    # 'direct', bit-identical outputs: checkpoints and imported weights do not see the change.
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 9, 10, 3)).astype(np.float32))
+    init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    ours = winograd.Conv3x3(5, strides=strides, use_bias=use_bias, kernel_init=init)
+    flax_conv = nn.Conv(5, (3, 3), strides=(strides, strides), padding=((1, 1), (1, 1)), use_bias=use_bias,
+                        kernel_init=init)
+    v_ours, v_flax = ours.init(jax.random.PRNGKey(3), x), flax_conv.init(jax.random.PRNGKey(3), x)
+    assert jax.tree_util.tree_structure(v_ours) == jax.tree_util.tree_structure(v_flax)
+    for a, b in zip(jax.tree_util.tree_leaves(v_ours), jax.tree_util.tree_leaves(v_flax)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(ours.apply(v_ours, x)), np.asarray(flax_conv.apply(v_flax, x)))
+    # Extra leading axes are batch axes, as in nn.Conv.
+    x5 = jnp.stack([x, x + 1])
+    np.testing.assert_array_equal(np.asarray(ours.apply(v_ours, x5)), np.asarray(flax_conv.apply(v_flax, x5)))
+
+
+def test_conv3x3_winograd_matches_and_stride_2_stays_direct():
+    rng = np.random.default_rng(7)
     x = jnp.asarray(rng.normal(size=(1, 10, 12, 4)).astype(np.float32))
-    k3 = jnp.asarray(rng.normal(size=(3, 3, 4, 2)).astype(np.float32))
-    k1 = jnp.asarray(rng.normal(size=(1, 1, 4, 2)).astype(np.float32))
-    dn = ("NHWC", "HWIO", "NHWC")
-    conv = functools.partial(winograd.conv_general_dilated, "winograd")
-    cases = [  # (kernel, strides, padding): none of these is a plain 3x3 / stride 1 / pad 1 conv
-        (k3, (2, 2), ((1, 1), (1, 1))),
-        (k1, (1, 1), ((0, 0), (0, 0))),
-        (k3, (1, 1), "SAME"),
-        (k3, (1, 1), ((0, 0), (0, 0))),
-    ]
-    for kernel, strides, padding in cases:
-        got = conv(x, kernel, strides, padding, dimension_numbers=dn)
-        want = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dn)
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    # The plain 3x3 conv takes the Winograd path: close to lax, not bit-identical.
-    got = np.asarray(conv(x, k3, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn))
-    np.testing.assert_allclose(got, numpy_conv3x3(np.asarray(x), np.asarray(k3)), rtol=0, atol=1e-4)
+    conv = winograd.Conv3x3(3, algorithm="winograd")
+    v = conv.init(jax.random.PRNGKey(0), x)
+    want = numpy_conv3x3(np.asarray(x), np.asarray(v["params"]["kernel"])) + np.asarray(v["params"]["bias"])
+    np.testing.assert_allclose(np.asarray(conv.apply(v, x)), want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert not _uses_lax_conv(functools.partial(conv.apply, v), x)
+    strided = winograd.Conv3x3(3, strides=2, algorithm="winograd")
+    assert _uses_lax_conv(functools.partial(strided.apply, v), x)  # Winograd is stride 1 only
 
 
-def test_auto_keeps_small_maps_and_narrow_channels_direct():
-    rng = np.random.default_rng(6)
-    dn = ("NHWC", "HWIO", "NHWC")
-    auto = functools.partial(winograd.conv_general_dilated, "auto")
+def test_auto_without_prepared_kernels_keeps_small_maps_and_narrow_channels_direct():
+    rng = np.random.default_rng(8)
     small = jnp.asarray(rng.normal(size=(1, 30, 54, 128)).astype(np.float32))  # 1,620 pixels < 64x64
-    k = jnp.asarray(rng.normal(size=(3, 3, 128, 128)).astype(np.float32))
-    np.testing.assert_array_equal(
-        np.asarray(auto(small, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)),
-        np.asarray(lax.conv_general_dilated(small, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))
     narrow = jnp.asarray(rng.normal(size=(1, 64, 64, 16)).astype(np.float32))
-    kn = jnp.asarray(rng.normal(size=(3, 3, 16, 16)).astype(np.float32))
-    np.testing.assert_array_equal(
-        np.asarray(auto(narrow, kn, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)),
-        np.asarray(lax.conv_general_dilated(narrow, kn, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)))
-    assert winograd._worth_it(jnp.zeros((1, 64, 64, 128)), jnp.zeros((3, 3, 128, 128))) == (
-        jax.default_backend() == "cpu")
+    for x, features in ((small, 128), (narrow, 16)):
+        conv = winograd.Conv3x3(features, algorithm="auto")
+        v = conv.init(jax.random.PRNGKey(0), x)
+        assert _uses_lax_conv(functools.partial(conv.apply, v), x)
+    big = jax.ShapeDtypeStruct((1, 64, 64, 128), jnp.float32)
+    conv = winograd.Conv3x3(128, algorithm="auto")
+    v = jax.eval_shape(conv.init, jax.random.PRNGKey(0), big)
+    assert _uses_lax_conv(conv.apply, v, big) == (jax.default_backend() != "cpu")
+
+
+def test_prepared_kernel_is_recorded_once_and_then_read():
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.normal(size=(1, 16, 16, 128)).astype(np.float32))  # 16x16: Winograd only if prepared
+    conv = winograd.Conv3x3(128, algorithm="auto")
+    v = conv.init(jax.random.PRNGKey(0), x)
+    assert set(v) == {"params"}  # init never writes prepared kernels
+    out, written = conv.apply(v, x, mutable=[winograd.PREPARED])
+    on_cpu = jax.default_backend() == "cpu"
+    if not on_cpu:  # auto is lax everywhere but XLA:CPU: nothing to prepare
+        assert not written.get(winograd.PREPARED)
+        return
+    u = written[winograd.PREPARED]["kernel"]
+    np.testing.assert_array_equal(np.asarray(u), np.asarray(winograd.transform_kernel(v["params"]["kernel"])))
+    prepared = {**v, **written}
+    assert not _uses_lax_conv(functools.partial(conv.apply, prepared), x)
+    direct = winograd.Conv3x3(128, algorithm="direct").apply(v, x)
+    got = conv.apply(prepared, x)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=0, atol=1e-4 * float(jnp.abs(direct).max()))
+    # The conv really reads the collection: a zero kernel there leaves only the bias.
+    zeroed = {**v, winograd.PREPARED: {"kernel": jnp.zeros_like(u)}}
+    np.testing.assert_array_equal(np.asarray(conv.apply(zeroed, x)),
+                                  np.broadcast_to(np.asarray(v["params"]["bias"]), direct.shape))
+    # Below 16x16 the prepared kernel is not used.
+    tiny_map = x[:, :8, :8]
+    assert _uses_lax_conv(functools.partial(conv.apply, prepared), tiny_map)
 
 
 def test_unknown_algorithm_is_rejected():
+    x = jnp.zeros((1, 4, 4, 2))
     with pytest.raises(ValueError, match="conv algorithm 'fft'"):
-        winograd.conv_fn("fft")
+        winograd.Conv3x3(2, algorithm="fft").init(jax.random.PRNGKey(0), x)
 
 
 def _decoder_inputs(rng, frames, objects, h=3, w=4):

@@ -16,6 +16,10 @@ Shape buckets: frames are padded bottom/right to a bucket (Hb, Wb) of
 (`image_hw`): on device the padding is set to the ImageNet mean colour (zero
 after normalisation, what the model's own padding gives) and masks are zero
 there. Buckets are multiples of 16, so the model pads nothing more.
+
+`variables` are what `InferenceEngine.prepare` returns: the parameters plus,
+on XLA:CPU, the Winograd-transformed kernels of the 3x3 convs, computed once
+per set of parameters instead of in every frame.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 from munet_jax.inference.config import check_inference_config, inference_config
 from munet_jax.inference.memory_bank import MemoryBank, empty_bank, pad_objects, write
 from munet_jax.models.aggregation import soft_aggregate
-from munet_jax.models.munet import IMAGENET_MEAN, MUNet
+from munet_jax.models.munet import IMAGENET_MEAN, MUNet, prepared_kernels
+from munet_jax.models.winograd import PREPARED
 
 MEAN_COLOUR = tuple(255.0 * m for m in IMAGENET_MEAN)  # in 0..255, normalises to exactly 0
 
@@ -248,6 +253,21 @@ class InferenceEngine:
         self._init = jax.jit(init_fn)
         self._step = jax.jit(step_fn, donate_argnums=(1,))
         self._video = jax.jit(video_fn, static_argnames=("return_probs",))
+
+    def prepare(self, variables: dict) -> dict:
+        """{'params', 'batch_stats'} -> the same plus the prepared Winograd kernels (if any conv uses them).
+
+        Pass what this returns to init / step / video: the 3x3 convs' kernel
+        transforms then run once here, not in every frame (`munet.prepared_kernels`;
+        480p on a 2-core CPU: see benchmarks/results). Variables that already hold
+        prepared kernels are returned as they are, so preparing twice costs
+        nothing; after changing the parameters, prepare from the new bare variables.
+        Raw variables work too (the transforms then run inside every step).
+        """
+        if PREPARED in variables:
+            return variables
+        kernels = prepared_kernels(self.model, variables)
+        return {**variables, PREPARED: kernels} if kernels else variables
 
     def compilations(self, name: str) -> int:
         """How many programs `name` ('init', 'step', 'video') has compiled over all buckets."""

@@ -95,7 +95,7 @@ class VideoSegmenter:
     def __init__(self, model: MUNet, variables, inference_config: ml_collections.ConfigDict | None = None,
                  *, engine: InferenceEngine | None = None):
         self.engine = engine if engine is not None else InferenceEngine(model, inference_config)
-        self.variables = variables
+        self.variables = self.engine.prepare(variables)  # once per segmenter (a no-op if already prepared)
         self._state = None
         self._out = None
 
@@ -187,6 +187,8 @@ def segment_video(engine: InferenceEngine, variables, frames, first_mask, *, new
     [T, H, W] original ids, 'object_ids': tuple} and, if return_probs, 'probs' float32
     [T, 1 + K, H, W] (background, then object_ids in order). Equal to the
     `VideoSegmenter` loop; holds all T frames on device (use the segmenter for long streams).
+    `variables`: best as `engine.prepare(variables)` gives them, prepared once for many
+    videos (bare variables are prepared here, once per call).
     """
     frames = np.asarray(frames)
     if frames.ndim != 4:
@@ -223,7 +225,7 @@ def segment_video(engine: InferenceEngine, variables, frames, first_mask, *, new
             new_valid[t, before : before + len(ids)] = True
     padded = np.pad(frames, [(0, 0), (0, bucket[0] - hw[0]), (0, bucket[1] - hw[1]), (0, 0)])
     labels = pad_to(objects.indices(mask), bucket)
-    out = engine.video(variables, padded, labels, hw, object_valid, new_labels, new_valid, return_probs)
+    out = engine.video(engine.prepare(variables), padded, labels, hw, object_valid, new_labels, new_valid, return_probs)
     result = {"ids": objects.originals(num_slots)[np.asarray(out["ids"])[:, : hw[0], : hw[1]]],
               "object_ids": tuple(objects.ids)}
     if return_probs:

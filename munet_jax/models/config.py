@@ -41,11 +41,13 @@ def munet_config() -> ml_collections.ConfigDict:
     c.key_dim = 128
     c.value_dim = 512
     c.decoder_dim = 256
-    # How the decoder's 3x3 convs run (same parameters, same function up to float rounding):
-    # 'auto' = Winograd F(4x4, 3x3) on XLA:CPU where it is faster (float32 maps >= 64x64 with
-    # >= 128 channels: the stride-4/8 stages), lax.conv elsewhere and on GPU/TPU; 'direct'
-    # always lax.conv; 'winograd' every 3x3 conv of the decoder (munet_jax.models.winograd).
-    c.decoder_conv = "auto"
+    # How the 3x3 convs run (encoder bottlenecks, key/value, decoder; same parameters and
+    # function up to float rounding whichever): 'auto' = Winograd F(4x4, 3x3) on XLA:CPU where
+    # it is faster (float32, >= 128 channels in and out, maps >= 64x64, or >= 16x16 with the
+    # kernels prepared once for inference: `munet.prepare_inference_variables`), lax.conv
+    # elsewhere and on GPU/TPU; 'direct' always lax.conv; 'winograd' every stride-1 3x3 conv
+    # (munet_jax.models.winograd). Run configs from before this field have `decoder_conv`.
+    c.conv3x3 = "auto"
 
     # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
     c.dtype = "float32"

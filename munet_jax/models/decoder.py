@@ -16,8 +16,9 @@ objects before the merge. Passing [B*K, ...] skips works too.
 
 `conv_algorithm` chooses how the 3x3 convs run: 'direct' (lax.conv), 'winograd'
 (F(4x4, 3x3), `munet_jax.models.winograd`) or 'auto' (Winograd on XLA:CPU for
-float32 maps of at least 64x64 with 128+ channels, i.e. the stride-4 and
-stride-8 stages at 480p; direct everywhere else). Same parameters either way.
+float32 and 128+ channels: on maps of 64x64 and more, i.e. the stride-4 and
+stride-8 stages at 480p, or on every map of 16x16 and more with prepared
+kernels; direct everywhere else). Same parameters either way.
 
 All upsampling is bilinear with half-pixel centres, PyTorch's
 `F.interpolate(..., mode='bilinear', align_corners=False)`: output pixel x
@@ -39,18 +40,9 @@ import jax.numpy as jnp
 from munet_jax.models import winograd
 
 
-def _conv3x3(features: int, dtype: Any, name: str, algorithm: str = "direct") -> nn.Conv:
-    """PyTorch `Conv2d(c, features, 3, padding=1)` with bias: keeps H, W."""
-    return nn.Conv(
-        features,
-        kernel_size=(3, 3),
-        padding=((1, 1), (1, 1)),
-        use_bias=True,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        conv_general_dilated=winograd.conv_fn(algorithm),
-        name=name,
-    )
+def _conv3x3(features: int, dtype: Any, name: str, algorithm: str = "direct") -> winograd.Conv3x3:
+    """PyTorch `Conv2d(c, features, 3, padding=1)` with bias: keeps H, W (flax nn.Conv's parameters)."""
+    return winograd.Conv3x3(features, dtype=dtype, algorithm=algorithm, name=name)
 
 
 def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:

@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from munet_jax.models import winograd
+
 
 class KeyValue(nn.Module):
     """[..., H, W, C] -> key [..., H, W, key_dim], value [..., H, W, value_dim].
@@ -37,6 +39,7 @@ class KeyValue(nn.Module):
     key_dim: int = 128
     value_dim: int = 512
     dtype: Any = jnp.float32
+    conv_algorithm: str = "direct"  # how the 3x3 convs run, see munet_jax.models.winograd.Conv3x3
 
     def setup(self):
         for name, dim in (("key_dim", self.key_dim), ("value_dim", self.value_dim)):
@@ -48,16 +51,8 @@ class KeyValue(nn.Module):
         if x.ndim < 3:
             raise ValueError(f"KeyValue expects [..., H, W, C] input, got shape {x.shape}")
 
-        def conv(features, name):
-            return nn.Conv(
-                features,
-                kernel_size=(3, 3),
-                padding=((1, 1), (1, 1)),
-                use_bias=True,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=name,
-            )
+        def conv(features, name):  # flax nn.Conv(features, (3, 3), padding=1)'s parameters
+            return winograd.Conv3x3(features, dtype=self.dtype, algorithm=self.conv_algorithm, name=name)
 
         return conv(self.key_dim, "key")(x), conv(self.value_dim, "value")(x)
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from munet_jax.models import winograd
 from munet_jax.models.aggregation import soft_aggregate
 from munet_jax.models.decoder import Decoder
 from munet_jax.models.memory import KeyValue, memory_read
@@ -89,8 +90,13 @@ class MUNet(nn.Module):
         self.feature_dim = 16 * width  # res4 channels, D in the paper (1024 for ResNet-50)
         # Run configs written before backbone.norm existed are frozen-BN models.
         norm = c.backbone.get("norm", "frozen_bn")
-        self.enc_q = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm)
-        self.enc_r = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm)
+        # How the 3x3 convs run (winograd.Conv3x3; same parameters whichever). Run configs
+        # written before `conv3x3` had `decoder_conv` (the decoder's only), or neither: 'auto'.
+        conv = c.get("conv3x3", c.get("decoder_conv", "auto"))
+        self.enc_q = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm,
+                                   conv_algorithm=conv)
+        self.enc_r = ResNetEncoder(stage_sizes=tuple(c.backbone.stage_sizes), width=width, dtype=dtype, norm=norm,
+                                   conv_algorithm=conv)
         if c.mu_layer.enabled:
             self.mu_layer = MotionUncertaintyLayer(
                 window=c.mu_layer.window,
@@ -102,10 +108,9 @@ class MUNet(nn.Module):
                 dtype=dtype,
             )
             self.fusion = make_fusion(c.fusion, dtype)
-        self.kv_query = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype)
-        self.kv_memory = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype)
-        # Configs written before decoder_conv existed get 'auto' (same parameters either way).
-        self.decoder = Decoder(dim=c.decoder_dim, dtype=dtype, conv_algorithm=c.get("decoder_conv", "auto"))
+        self.kv_query = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype, conv_algorithm=conv)
+        self.kv_memory = KeyValue(key_dim=c.key_dim, value_dim=c.value_dim, dtype=dtype, conv_algorithm=conv)
+        self.decoder = Decoder(dim=c.decoder_dim, dtype=dtype, conv_algorithm=conv)
 
     def encode_query(self, images: jax.Array) -> dict[str, jax.Array]:
         """Enc-Q. images [B, H, W, 3] -> {'res2': [B, Hp/4, Wp/4, 4w], 'res3': .../8, 'res4': .../16}."""
@@ -214,3 +219,51 @@ def init_variables(model: MUNet, rng: int | jax.Array, image_hw=(64, 64), num_ob
     masks = jnp.zeros((1, num_objects, *image_hw), jnp.float32)
     valid = jnp.ones((1, num_objects), bool)
     return jax.jit(model.init)(rng, images, images, images, masks, valid)
+
+
+
+# (model, backend) -> shapes of the PREPARED collection: which convs use Winograd
+# depends only on the architecture and the backend, and finding out traces the
+# whole model (~3 s on CPU), so it is done once per model.
+_RECORDED: dict = {}
+_transform = jax.jit(winograd.transform_kernel)  # one compile per kernel shape (~0.2 s each)
+
+
+def prepared_kernels(model: MUNet, variables: dict) -> dict:
+    """The `winograd.PREPARED` collection for `variables`: each Winograd 3x3 conv's transformed kernel.
+
+    For inference, where the same parameters serve every frame, the kernel
+    transform of every `winograd.Conv3x3` that uses Winograd is computed once
+    here instead of in every frame's program; given back in the variables
+    (`{**variables, winograd.PREPARED: kernels}`), the convs read it. That also lets
+    `auto` use Winograd on the small stride-8/16 maps (key/value convs, res3/res4
+    bottlenecks), where a per-call transform costs more than it saves.
+
+    Empty ({}) where no conv uses Winograd: GPU/TPU backends, bfloat16 models,
+    `conv3x3='direct'`, models narrower than 128 channels. With the full model on
+    XLA:CPU it holds 4x the weights of those convs (437 MiB float32). A
+    `winograd.PREPARED` collection already in `variables` is ignored (recomputed).
+    Call it outside jit (it dispatches one jitted transform per kernel).
+    """
+    base = {name: tree for name, tree in variables.items() if name != winograd.PREPARED}
+    key = (model, jax.default_backend())
+    if key not in _RECORDED:
+
+        def record(v):
+            # Every path once on a small dummy frame: each Conv3x3 that uses Winograd
+            # records its transform (which convs do is independent of the frame size).
+            images = jnp.zeros((1, 64, 64, 3), jnp.uint8)
+            masks = jnp.zeros((1, 1, 64, 64), jnp.float32)
+            valid = jnp.ones((1, 1), bool)
+            _, written = model.apply(v, images, images, images, masks, valid, mutable=[winograd.PREPARED])
+            return written.get(winograd.PREPARED, {})
+
+        _RECORDED[key] = jax.eval_shape(record, base)  # shapes only: nothing is computed
+
+    def transform(path, _):  # the collection mirrors the params tree: same path, same 'kernel' leaf
+        kernel = base["params"]
+        for part in path:
+            kernel = kernel[part.key]
+        return _transform(kernel)
+
+    return dict(jax.tree_util.tree_map_with_path(transform, _RECORDED[key]))

@@ -37,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from munet_jax.models import winograd
+
 BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d / torchvision FrozenBatchNorm2d default
 EXPANSION = 4  # bottleneck output channels = EXPANSION * planes
 
@@ -119,13 +121,16 @@ class Bottleneck(nn.Module):
     downsample: bool = False  # projection shortcut (first block of each stage)
     dtype: Any = jnp.float32
     norm: str = "frozen_bn"  # see _norm
+    conv_algorithm: str = "direct"  # how the stride-1 3x3 conv runs (munet_jax.models.winograd.Conv3x3)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x
         y = _conv(self.planes, 1, 1, self.dtype, "conv1")(x)
         y = nn.relu(_norm(self.norm, self.dtype, "bn1")(y))
-        y = _conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+        # The same parameter as _conv(planes, 3, stride) (bias-free, padding 1), Winograd-capable.
+        y = winograd.Conv3x3(self.planes, strides=self.stride, use_bias=False, dtype=self.dtype,
+                             kernel_init=_conv_init, algorithm=self.conv_algorithm, name="conv2")(y)
         y = nn.relu(_norm(self.norm, self.dtype, "bn2")(y))
         y = _conv(EXPANSION * self.planes, 1, 1, self.dtype, "conv3")(y)
         y = _norm(self.norm, self.dtype, "bn3")(y)
@@ -150,6 +155,7 @@ class ResNetEncoder(nn.Module):
     width: int = 64
     dtype: Any = jnp.float32  # compute dtype; parameters and statistics stay float32
     norm: str = "frozen_bn"  # 'frozen_bn' (ImageNet weights) or 'group_norm' (from scratch), see _norm
+    conv_algorithm: str = "direct"  # the bottlenecks' 3x3 convs (munet_jax.models.winograd.Conv3x3)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
@@ -173,6 +179,7 @@ class ResNetEncoder(nn.Module):
                     downsample=first,
                     dtype=self.dtype,
                     norm=self.norm,
+                    conv_algorithm=self.conv_algorithm,
                     name=f"layer{stage + 1}_{block}",
                 )(x)
             features[f"res{stage + 2}"] = x  # res2 = layer1, res3 = layer2, res4 = layer3

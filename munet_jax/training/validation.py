@@ -33,6 +33,7 @@ def validate_davis(config, model, variables: dict, results_dir: Path) -> dict[st
     sizes = {(-(-source.info(i).height // 16) * 16, -(-source.info(i).width // 16) * 16) for i in range(count)}
     icfg.size_buckets = tuple(sorted(set(map(tuple, icfg.size_buckets)) | sizes))
     engine = InferenceEngine(model, icfg)
+    host = engine.prepare(host)  # these parameters' Winograd kernels, once for all val videos
     names = []
     for index in range(count):
         info = source.info(index)
