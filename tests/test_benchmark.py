@@ -103,16 +103,20 @@ def test_training_step_report(tmp_path):
 
 
 def test_model_flops_count_direct_convs_while_the_timed_program_may_differ(tmp_path):
-    # Two decoder algorithms: the same model FLOPs (from the direct-conv program), rows kept apart.
+    # Conv algorithms and prepared kernels: the same model FLOPs (from the direct-conv program), rows kept
+    # apart; 'direct' has nothing to prepare, so it is timed once.
     main(["inference", "--tiny", "--size", "32x48", "--objects", "1", "--memory", "1", "--dtype", "float32",
-          "--decoder_conv", "direct,winograd", "--repeats", "1", "--out", str(tmp_path)])
+          "--conv3x3", "direct,winograd", "--prepared", "yes,no", "--repeats", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
-    rows = {r["decoder_conv"]: r for r in json.loads(json_path.read_text())["inference"]}
-    assert set(rows) == {"direct", "winograd"}
-    assert rows["direct"]["flops"] == rows["winograd"]["flops"]
+    rows = {(r["conv3x3"], r["prepared_kernels"]): r for r in json.loads(json_path.read_text())["inference"]}
+    assert set(rows) == {("direct", False), ("winograd", True), ("winograd", False)}
+    assert len({r["flops"] for r in rows.values()}) == 1
+    direct, fast = rows["direct", False], rows["winograd", True]
     # Lowered (before XLA's passes) vs compiled cost analysis of the same direct program: within 1%.
-    assert abs(rows["direct"]["xla_flops"] / rows["direct"]["flops"] - 1) < 0.01
-    assert abs(rows["winograd"]["xla_flops"] / rows["winograd"]["flops"] - 1) > 0.01
+    assert abs(direct["xla_flops"] / direct["flops"] - 1) < 0.01
+    assert abs(fast["xla_flops"] / fast["flops"] - 1) > 0.01
+    (md_path,) = tmp_path.glob("*.md")
+    assert "| winograd, prepared |" in md_path.read_text()
 
 
 def test_cpu_peak_is_measured():
@@ -137,6 +141,7 @@ def test_stm_baseline_is_merged_and_compared(tmp_path):
                               {"stm_results": str(stm)})
     text = md_path.read_text()
     assert "## Against STM" in text and "| 1.50x |" in text
+    assert "| auto (decoder only) |" in text  # a row from before model.conv3x3
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="bad.json"):

@@ -51,9 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--peak_gflops", type=float, default=None,
                    help="peak GFLOP/s for MFU (default: datasheet for H100/H200; on CPU the measured "
                         "best float32 2048^3 matmul)")
-    p.add_argument("--decoder_conv", default="auto",
-                   help="decoder 3x3 conv algorithm(s), comma-separated: auto (the default: Winograd on CPU "
-                        "where faster), direct, winograd (inference, parts, training)")
+    p.add_argument("--conv3x3", default="auto",
+                   help="3x3 conv algorithm(s), comma-separated: auto (the default: Winograd on CPU where "
+                        "faster), direct, winograd (inference, parts, training; model.conv3x3)")
+    p.add_argument("--prepared", default="yes",
+                   help="inference and parts: 'yes' (Winograd kernels transformed once, as "
+                        "InferenceEngine.prepare does), 'no' (in every call), or 'yes,no' (both, interleaved)")
     p.add_argument("--stm_results", default="",
                    help="JSON written by benchmarks/stm_pytorch.py on this machine: merged into the report "
                         "as the STM baseline and compared with the inference rows")

@@ -298,3 +298,11 @@ def parse_ints(text: str) -> list[int]:
 
 def parse_strs(text: str) -> list[str]:
     return [x.strip() for x in str(text).split(",") if x.strip()]
+
+
+def conv_label(row: dict) -> str:
+    """How a result row ran its 3x3 convs, for the tables (rows before `conv3x3`: decoder only)."""
+    if "conv3x3" not in row:
+        return f"{row.get('decoder_conv', 'direct')} (decoder only)"
+    return row["conv3x3"] + (", prepared" if row.get("prepared_kernels") else "")
+

@@ -26,6 +26,7 @@ from munet_jax.inference.config import inference_config
 from munet_jax.inference.engine import InferenceState, choose_size_bucket, pad_to, step_state
 from munet_jax.inference.memory_bank import MemoryBank
 from munet_jax.models.munet import compute_dtype
+from munet_jax.models.winograd import PREPARED
 
 
 def full_state(model, num_objects: int, capacity: int, bucket_hw, image_hw) -> InferenceState:
@@ -63,35 +64,42 @@ def run(args) -> list[dict]:
     frame = jnp.asarray(pad_to(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8), bucket))
     rows = []
     variables = models.variables(args.tiny)
-    variants = [(d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)]
-    programs = {}
-    for dtype, conv in variants:
-        model = models.build(args.tiny, dtype, conv)
-        programs[dtype, conv] = (model, jax.jit(functools.partial(step_state, model, icfg.mem_every), donate_argnums=(1,)))
+    programs = {}  # (dtype, conv3x3, prepared) -> (model, its variables, jitted step)
+    for dtype in common.parse_strs(args.dtype):
+        for conv in common.parse_strs(args.conv3x3):
+            model = models.build(args.tiny, dtype, conv)
+            for want in models.parse_prepared(args.prepared):
+                model_vars = models.inference_variables(model, variables, want)
+                # 'prepared' only where there is something to prepare (never twice the same program).
+                programs.setdefault((dtype, conv, PREPARED in model_vars), (
+                    model, model_vars,
+                    jax.jit(functools.partial(step_state, model, icfg.mem_every), donate_argnums=(1,))))
+    variants = list(programs)
     # Model FLOPs: the same step with direct convolutions, lowered only.
     counted = {d: jax.jit(functools.partial(step_state, models.build(args.tiny, d, "direct"), icfg.mem_every))
                for d in common.parse_strs(args.dtype)}
     for k in common.parse_ints(args.objects):
         no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
         for t in common.parse_ints(args.memory):
-            # Every dtype / decoder variant of this setting, timed interleaved (common.measure_many).
+            # Every dtype / conv variant of this setting, timed interleaved (common.measure_many).
             batch = []
-            for dtype, conv in variants:
-                model, program = programs[dtype, conv]
-                call_args = (variables, full_state(model, k, t, bucket, size), frame, *no_new)
+            for dtype, conv, prepared in variants:
+                model, model_vars, program = programs[dtype, conv, prepared]
+                call_args = (model_vars, full_state(model, k, t, bucket, size), frame, *no_new)
+                counted_args = (variables,) + call_args[1:]
                 batch.append(common.Program(program, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]),
-                                            flops=common.model_flops(counted[dtype], call_args)))
-            for (dtype, conv), timing in zip(variants, common.measure_many(batch, args.repeats)):
+                                            flops=common.model_flops(counted[dtype], counted_args)))
+            for (dtype, conv, prepared), timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
                     "config": "tiny" if args.tiny else "full",
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,
-                    "dtype": dtype, "decoder_conv": conv, "fps": 1e3 / timing.median_ms,
-                    "timed_with": [f"{d}/{c}" for d, c in variants],
+                    "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared, "fps": 1e3 / timing.median_ms,
+                    "timed_with": [f"{d}/{c}{'/prepared' if p else ''}" for d, c, p in variants],
                     **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
                 }
                 rows.append(row)
                 print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {dtype} "
-                      f"decoder {conv}: {timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
+                      f"conv3x3 {common.conv_label(row)}: {timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
                       f"compile {timing.compile_s:.1f} s, {fmt_gflops(timing.flops)} model GFLOP/frame, "
                       f"recompiled={timing.recompiled}", flush=True)
     return rows

@@ -11,20 +11,38 @@ import functools
 import ml_collections
 
 from munet_jax.models.config import munet_config, tiny_munet_config
-from munet_jax.models.munet import build_model, init_variables
+from munet_jax.models.munet import build_model, init_variables, prepared_kernels
+from munet_jax.models.winograd import PREPARED
 
 
-def model_config(tiny: bool, dtype: str, decoder_conv: str | None = None) -> ml_collections.ConfigDict:
+def model_config(tiny: bool, dtype: str, conv3x3: str | None = None) -> ml_collections.ConfigDict:
     cfg = tiny_munet_config() if tiny else munet_config()
     cfg.dtype = dtype
-    if decoder_conv is not None:
-        cfg.decoder_conv = decoder_conv
+    if conv3x3 is not None:
+        cfg.conv3x3 = conv3x3
     return cfg
 
 
-def build(tiny: bool, dtype: str, decoder_conv: str | None = None):
-    """The model; decoder_conv None keeps the config's default ('auto')."""
-    return build_model(model_config(tiny, dtype, decoder_conv))
+def build(tiny: bool, dtype: str, conv3x3: str | None = None):
+    """The model; conv3x3 None keeps the config's default ('auto')."""
+    return build_model(model_config(tiny, dtype, conv3x3))
+
+
+def inference_variables(model, variables: dict, prepared: bool) -> dict:
+    """`variables`, plus the prepared Winograd kernels if `prepared` (what `InferenceEngine.prepare` gives)."""
+    kernels = prepared_kernels(model, variables) if prepared else {}
+    return {**variables, PREPARED: kernels} if kernels else variables
+
+
+def parse_prepared(text: str) -> list[bool]:
+    """--prepared 'yes,no' -> [True, False]."""
+    values = {"yes": True, "no": False}
+    out = []
+    for part in text.split(","):
+        if part.strip() not in values:
+            raise ValueError(f"--prepared={text!r}: comma-separated 'yes' / 'no'")
+        out.append(values[part.strip()])
+    return out
 
 
 @functools.lru_cache(maxsize=2)

@@ -31,6 +31,7 @@ from munet_jax.inference.engine import choose_size_bucket
 from munet_jax.models import cost_volume as cv
 from munet_jax.models.memory import memory_read
 from munet_jax.models.munet import MUNet, compute_dtype
+from munet_jax.models.winograd import PREPARED
 
 IN_FRAME = ("enc_q", "enc_r", "mu_layer", "msam", "kv_query", "memory_read", "decoder")
 
@@ -83,29 +84,36 @@ def run(args) -> list[dict]:
     t = int(args.parts_memory)
     variables = models.variables(args.tiny)
     rows = []
-    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)):
-        model = models.build(args.tiny, dtype, conv)
+    variants = {}  # (dtype, conv3x3, prepared) -> (model, its variables); 'prepared' only where there is any
+    for dtype in common.parse_strs(args.dtype):
+        for conv in common.parse_strs(args.conv3x3):
+            model = models.build(args.tiny, dtype, conv)
+            for want in models.parse_prepared(args.prepared):
+                model_vars = models.inference_variables(model, variables, want)
+                variants.setdefault((dtype, conv, PREPARED in model_vars), (model, model_vars))
+    for (dtype, conv, prepared), (model, model_vars) in variants.items():
         # Model FLOPs from the same parts with direct convolutions (lowered only).
         counted = _programs(models.build(args.tiny, dtype, "direct"), variables, k, t, bucket)
         measured = {}
-        for name, (program, call_args) in _programs(model, variables, k, t, bucket).items():
+        setting = {"dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared}
+        for name, (program, call_args) in _programs(model, model_vars, k, t, bucket).items():
             timing = common.measure(program, call_args, args.repeats,
                                     flops=common.model_flops(counted[name][0], counted[name][1]))
             measured[name] = timing
-            print(f"part {name:<12} K={k} T={t} {dtype} decoder {conv}: {timing.median_ms:8.1f} ms "
+            print(f"part {name:<12} K={k} T={t} {dtype} conv3x3 {common.conv_label(setting)}: {timing.median_ms:8.1f} ms "
                   f"(min {timing.min_ms:.1f}), {'n/a' if timing.flops is None else f'{timing.flops / 1e9:.2f}'} "
                   f"model GFLOP, compile {timing.compile_s:.1f} s", flush=True)
         total = sum(measured[n].median_ms for n in IN_FRAME)
         for name, timing in measured.items():
             rows.append({
                 "config": "tiny" if args.tiny else "full", "part": name, "bucket": list(bucket),
-                "objects": k, "memory_frames": t, "dtype": dtype, "decoder_conv": conv,
+                "objects": k, "memory_frames": t, **setting,
                 "share_of_frame": timing.median_ms / total if name in IN_FRAME or name == "cost_volume" else None,
                 **timing.to_dict(),
             })
         rows.append({
             "config": "tiny" if args.tiny else "full", "part": "frame_total(sum)", "bucket": list(bucket),
-            "objects": k, "memory_frames": t, "dtype": dtype, "decoder_conv": conv, "median_ms": total,
+            "objects": k, "memory_frames": t, **setting, "median_ms": total,
             "min_ms": sum(measured[n].min_ms for n in IN_FRAME),
             "flops": sum(measured[n].flops or 0.0 for n in IN_FRAME) or None,
             "mu_layer_plus_msam_share": (measured["mu_layer"].median_ms + measured["msam"].median_ms) / total,

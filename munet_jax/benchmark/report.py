@@ -15,9 +15,9 @@ from munet_jax.benchmark import common
 SECTIONS = ("inference", "parts", "training", "pipeline", "stm_baseline")
 # The flags each section reads: what its line in the Markdown's run list shows.
 RUN_FLAGS = {
-    "inference": ("size", "objects", "memory", "dtype", "decoder_conv", "repeats"),
-    "parts": ("size", "objects", "parts_memory", "dtype", "decoder_conv", "repeats"),
-    "training": ("train_size", "batch", "dtype", "decoder_conv", "repeats"),
+    "inference": ("size", "objects", "memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
+    "parts": ("size", "objects", "parts_memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
+    "training": ("train_size", "batch", "dtype", "conv3x3", "decoder_conv", "repeats"),
     "pipeline": ("pipeline_batch", "pipeline_steps", "pipeline_warmup"),
     "stm_baseline": ("stm_results",),
 }
@@ -84,7 +84,8 @@ def write(out_dir: Path, info: dict, sections: dict[str, list[dict]], settings: 
     return json_path, md_path
 
 
-SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "decoder_conv", "part",
+SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3",
+                "prepared_kernels", "part",
                 "per_device_batch", "source", "batch", "size")
 
 
@@ -112,7 +113,7 @@ def _mem(row) -> str:
 
 
 def _same_setting(a: dict, b: dict) -> bool:
-    keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv")
+    keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3", "prepared_kernels")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -145,7 +146,10 @@ def markdown(report: dict) -> str:
         "Compile: XLA compile time of the program (tracing/lowering not included). GFLOP: model FLOPs, XLA's "
         "cost analysis of the same program with direct convolutions (a Winograd decoder does fewer; loops "
         "such as the cost volume's scan may be counted once per loop body); GFLOP/s and MFU divide them by the "
-        "time, so with the Winograd decoder they can pass the GEMM peak (fewer multiplications than credited). Decoder: the decoder's 3x3 conv algorithm (`model.decoder_conv`). "
+        "time, so with Winograd convs they can pass the GEMM peak (fewer multiplications than credited). "
+        "3x3 convs: their algorithm (`model.conv3x3`; 'prepared': the Winograd kernel transforms computed once "
+        "per set of parameters, `InferenceEngine.prepare`, not in every frame; rows of older runs say 'decoder "
+        "only' when only the decoder's convs could use Winograd). "
         "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
         "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
         "Recompiled: the jit cache grew during the timed loop.",
@@ -163,14 +167,14 @@ def markdown(report: dict) -> str:
         lines += [
             "## Inference: one frame (the engine's jitted step)",
             "",
-            "| config | image -> bucket | objects | memory frames | dtype | decoder | ms/frame | FPS | compile s "
+            "| config | image -> bucket | objects | memory frames | dtype | 3x3 convs | ms/frame | FPS | compile s "
             "| GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
             "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["inference"]:
             lines.append(
                 f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
-                f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {r.get('decoder_conv', 'direct')} "
+                f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {common.conv_label(r)} "
                 f"| {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['fps'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 1, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
@@ -184,7 +188,7 @@ def markdown(report: dict) -> str:
             "(no MU-Layer / MSAM); float32, random weights, flush-to-zero. munet_jax: the inference rows above "
             "(its frame also runs the MU-Layer and MSAM, and is padded to the engine's bucket).",
             "",
-            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax decoder | munet_jax ms/frame "
+            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax 3x3 convs | munet_jax ms/frame "
             "| speed-up (STM / munet_jax, medians) |",
             "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
         ]
@@ -192,14 +196,14 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {stm['size'][0]}x{stm['size'][1]} (munet_jax: {r['image'][0]}x{r['image'][1]} -> "
                 f"{r['bucket'][0]}x{r['bucket'][1]}) | {stm['objects']} | {stm['memory_frames']} "
-                f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {r.get('decoder_conv', 'direct')} "
+                f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {common.conv_label(r)} "
                 f"| {_f(r['median_ms'])} | {_f(stm['median_ms'] / r['median_ms'], 2)}x |")
         lines.append("")
     if report.get("parts"):
         lines += [
             "## Parts of a frame, each jitted alone",
             "",
-            "| config | bucket | objects | memory frames | dtype | decoder | part | ms | share of frame | GFLOP "
+            "| config | bucket | objects | memory frames | dtype | 3x3 convs | part | ms | share of frame | GFLOP "
             "| compile s |",
             "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
         ]
@@ -207,13 +211,13 @@ def markdown(report: dict) -> str:
             share = r.get("share_of_frame")
             lines.append(
                 f"| {r['config']} | {r['bucket'][0]}x{r['bucket'][1]} | {r['objects']} | {r['memory_frames']} "
-                f"| {r['dtype']} | {r.get('decoder_conv', 'direct')} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {r['dtype']} | {common.conv_label(r)} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(share, 1, 100) + '%' if share is not None else ''} "
                 f"| {_f(None if r.get('flops') is None else r['flops'] / 1e9, 2)} | {_f(r.get('compile_s'))} |")
         for r in report["parts"]:
             if "mu_layer_plus_msam_share" in r:
                 lines.append("")
-                lines.append(f"{r['config']} {r['dtype']} decoder {r.get('decoder_conv', 'direct')}: "
+                lines.append(f"{r['config']} {r['dtype']} 3x3 convs {common.conv_label(r)}: "
                              f"MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
                              f"of the summed frame; slowest part: {r['slowest_part']}. cost_volume is inside mu_layer.")
                 step = _matching_step(report, r)
@@ -228,7 +232,7 @@ def markdown(report: dict) -> str:
         lines += [
             "## Training step (clip unroll + loss + AdamW)",
             "",
-            "| config | clip | objects | dtype | decoder | batch/device (global) | ms/step | clips/s | compile s "
+            "| config | clip | objects | dtype | 3x3 convs | batch/device (global) | ms/step | clips/s | compile s "
             "| GFLOP/step | GFLOP/s | MFU | memory MiB | recompiled |",
             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
@@ -236,7 +240,7 @@ def markdown(report: dict) -> str:
             searched = ", largest that fits" if r["batch_searched_by_doubling"] else ""
             lines.append(
                 f"| {r['config']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['objects']} | {r['dtype']} "
-                f"| {r.get('decoder_conv', 'direct')} "
+                f"| {common.conv_label(r)} "
                 f"| {r['per_device_batch']} ({r['global_batch']}){searched} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['clips_per_s'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 2, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")

@@ -47,9 +47,9 @@ def make_batch(batch_size: int, mesh, crop=CROP, length=CLIP_LENGTH, k=NUM_OBJEC
     return jax.device_put(host, batch_sharded(mesh))
 
 
-def _time(tiny, dtype, batch_size, repeats, crop, decoder_conv=None):
+def _time(tiny, dtype, batch_size, repeats, crop, conv3x3=None):
     mesh = make_mesh()
-    model = models.build(tiny, dtype, decoder_conv)
+    model = models.build(tiny, dtype, conv3x3)
     optimizer, schedule = make_optimizer(optim_config(), 1000)
     # A replicated copy: the step donates the state, and the cached variables serve the next run.
     variables = jax.device_put(jax.tree_util.tree_map(jnp.copy, models.variables(tiny, NUM_OBJECTS)), replicated(mesh))
@@ -72,7 +72,7 @@ def run(args) -> list[dict]:
     crop = common.parse_size(args.train_size)
     rows = []
     on_accelerator = jax.default_backend() != "cpu"
-    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.decoder_conv)):
+    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.conv3x3)):
         if on_accelerator and not args.batch:
             batch, fits = 1, None
             while batch <= args.max_batch:
@@ -96,13 +96,13 @@ def run(args) -> list[dict]:
         clips = batch * jax.device_count()
         row = {
             "config": "tiny" if args.tiny else "full", "clip": [CLIP_LENGTH, *crop], "objects": NUM_OBJECTS,
-            "dtype": dtype, "decoder_conv": conv, "per_device_batch": batch, "global_batch": clips,
+            "dtype": dtype, "conv3x3": conv, "per_device_batch": batch, "global_batch": clips,
             "batch_searched_by_doubling": searched,
             "clips_per_s": clips / (timing.median_ms / 1e3),
             **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
         }
         rows.append(row)
-        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype} decoder {conv}: "
+        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype} conv3x3 {conv}: "
               f"{timing.median_ms:.1f} ms/step (min {timing.min_ms:.1f}), {row['clips_per_s']:.2f} clips/s, "
               f"compile {timing.compile_s:.1f} s, "
               f"{'n/a' if timing.flops is None else f'{timing.flops / 1e9:.1f}'} GFLOP/step, "
