@@ -80,7 +80,8 @@ def test_bucket_choice():
     assert choose_size_bucket(1080, 1920, buckets) == (1088, 1920)
     # Far smaller than every bucket: the next multiples of 64, not 480x864 (30x the pixels).
     assert choose_size_bucket(96, 128, buckets) == (128, 128)
-    assert choose_size_bucket(240, 432, buckets) == (256, 448)
+    assert choose_size_bucket(240, 432, buckets) == (240, 432)  # half-resolution DAVIS has its own bucket
+    assert choose_size_bucket(250, 440, buckets) == (256, 448)  # just above it: less than half of 480x864
     # Half a bucket or more: the bucket, so near-bucket sizes keep sharing one program.
     assert choose_size_bucket(400, 700, buckets) == (480, 864)
     assert [choose_object_bucket(k, (1, 2, 4, 8, 16)) for k in (1, 2, 3, 5, 16)] == [1, 2, 4, 8, 16]
@@ -298,14 +299,18 @@ def test_prepared_winograd_kernels_give_the_same_video(model, variables):
     assert set(prepared) == set(variables) | {PREPARED}
     assert fast.prepare(prepared) is prepared  # idempotent: nothing recomputed
     assert set(InferenceEngine(model, cfg).prepare(variables)) == set(variables)  # auto: nothing at 16 channels
-    # One prepared kernel per stride-1 3x3 conv of the encoders, key/value and decoder, at the conv's
-    # params path (the MU-Layer's small motion network keeps plain convs).
-    kernels = {jax.tree_util.keystr(p[:-1]) for p, _ in jax.tree_util.tree_leaves_with_path(prepared[PREPARED])}
+    # One prepared kernel per stride-1 3x3 conv of the encoders and decoder, at the conv's params
+    # path, and one for each key/value pair (side by side, 'key+value'); the MU-Layer's small
+    # motion network keeps plain convs.
+    kernels = {jax.tree_util.keystr(p[:-1] if p[-1].key == "kernel" else p)
+               for p, _ in jax.tree_util.tree_leaves_with_path(prepared[PREPARED])}
     convs = {jax.tree_util.keystr(p[:-1]) for p, leaf in jax.tree_util.tree_leaves_with_path(variables["params"])
              if p[-1].key == "kernel" and leaf.shape[:2] == (3, 3) and p[0].key != "mu_layer"}
     strided = {"['enc_q']['layer2_0']['conv2']", "['enc_q']['layer3_0']['conv2']",
                "['enc_r']['layer2_0']['conv2']", "['enc_r']['layer3_0']['conv2']"}
-    assert strided <= convs and kernels == convs - strided
+    pairs = {f"['{m}']['{n}']" for m in ("kv_query", "kv_memory") for n in ("key", "value")}
+    assert strided <= convs and pairs <= convs
+    assert kernels == (convs - strided - pairs) | {"['kv_query']['key+value']", "['kv_memory']['key+value']"}
     with_prepared = segment_video(fast, prepared, frames, masks[0], return_probs=True)["probs"]
     on_the_fly = segment_video(fast, variables, frames, masks[0], return_probs=True)["probs"]
     direct_config = tiny_munet_config()
@@ -321,16 +326,17 @@ def test_full_model_prepares_the_wide_stride_1_convs_on_cpu():
     model = build_model(munet_config())
     like = jax.eval_shape(lambda: init_variables(model, 0, (64, 64), 1))
     kernels = jax.eval_shape(lambda v: prepared_kernels(model, v), like)
-    paths = {jax.tree_util.keystr(p[:-1]): leaf.shape for p, leaf in jax.tree_util.tree_leaves_with_path(kernels)}
+    paths = {jax.tree_util.keystr(p[:-1] if p[-1].key == "kernel" else p): leaf.shape
+             for p, leaf in jax.tree_util.tree_leaves_with_path(kernels)}
     if jax.default_backend() != "cpu":
         assert paths == {}
         return
     encoders = {f"['{e}']['layer{s}_{b}']['conv2']" for e in ("enc_q", "enc_r") for s, n in ((2, 4), (3, 6))
                 for b in range(1, n)}  # not layer1 (64 channels) nor the stride-2 first blocks
-    kv = {f"['{m}']['{n}']" for m in ("kv_query", "kv_memory") for n in ("key", "value")}
+    kv = {f"['{m}']['key+value']" for m in ("kv_query", "kv_memory")}  # one conv per key/value pair
     decoder = {"['decoder']['conv_read']", "['decoder']['res_read']['conv1']", "['decoder']['res_read']['conv2']"} | {
         f"['decoder']['{r}']{c}" for r in ("refine3", "refine2") for c in (
             "['conv_skip']", "['res_skip']['conv1']", "['res_skip']['conv2']", "['res_merge']['conv1']",
             "['res_merge']['conv2']")}  # not 'pred' (2 output channels)
     assert set(paths) == encoders | kv | decoder
-    assert paths["['kv_query']['value']"] == (36, 1024, 512)
+    assert paths["['kv_query']['key+value']"] == (36, 1024, 128 + 512)

@@ -180,6 +180,46 @@ def test_prepared_kernel_is_recorded_once_and_then_read():
     assert _uses_lax_conv(functools.partial(conv.apply, prepared), tiny_map)
 
 
+class _Pair(nn.Module):
+    """Two convs of one input through conv3x3_group (as memory.KeyValue)."""
+
+    algorithm: str
+
+    @nn.compact
+    def __call__(self, x):
+        convs = [winograd.Conv3x3(n, algorithm=self.algorithm, name=name) for n, name in ((128, "a"), (256, "b"))]
+        return winograd.conv3x3_group(self, x, convs)
+
+
+def test_conv3x3_group_shares_one_prepared_winograd_conv():
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.normal(size=(2, 16, 20, 128)).astype(np.float32))
+    pair = _Pair("auto")
+    v = pair.init(jax.random.PRNGKey(0), x)
+    assert set(v["params"]) == {"a", "b"} and v["params"]["b"]["kernel"].shape == (3, 3, 128, 256)
+    separate = [np.asarray(winograd.Conv3x3(n, algorithm="direct").apply({"params": v["params"][name]}, x))
+                for n, name in ((128, "a"), (256, "b"))]
+    # Without prepared kernels: each conv as on its own (16x20 is too small for the per-call transform).
+    for got, want in zip(pair.apply(v, x), separate):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    _, written = pair.apply(v, x, mutable=[winograd.PREPARED])
+    if jax.default_backend() != "cpu":
+        assert not written.get(winograd.PREPARED)
+        return
+    assert set(written[winograd.PREPARED]) == {"a+b"}  # one entry, not one per conv
+    kernel = np.concatenate([v["params"]["a"]["kernel"], v["params"]["b"]["kernel"]], -1)
+    np.testing.assert_array_equal(np.asarray(written[winograd.PREPARED]["a+b"]),
+                                  np.asarray(winograd.transform_kernel(kernel)))
+    np.testing.assert_array_equal(
+        np.asarray(written[winograd.PREPARED]["a+b"]),
+        np.asarray(winograd.transform_from_params(("a+b",), v["params"])))
+    prepared = {**v, **written}
+    assert not _uses_lax_conv(pair.apply, prepared, x)
+    for got, want in zip(pair.apply(prepared, x), separate):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
 def test_unknown_algorithm_is_rejected():
     x = jnp.zeros((1, 4, 4, 2))
     with pytest.raises(ValueError, match="conv algorithm 'fft'"):

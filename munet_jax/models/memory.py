@@ -54,7 +54,9 @@ class KeyValue(nn.Module):
         def conv(features, name):  # flax nn.Conv(features, (3, 3), padding=1)'s parameters
             return winograd.Conv3x3(features, dtype=self.dtype, algorithm=self.conv_algorithm, name=name)
 
-        return conv(self.key_dim, "key")(x), conv(self.value_dim, "value")(x)
+        # One Winograd conv for both where the kernels are prepared (the input transformed once).
+        key, value = winograd.conv3x3_group(self, x, [conv(self.key_dim, "key"), conv(self.value_dim, "value")])
+        return key, value
 
 
 def _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value) -> None:

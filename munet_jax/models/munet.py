@@ -226,7 +226,8 @@ def init_variables(model: MUNet, rng: int | jax.Array, image_hw=(64, 64), num_ob
 # depends only on the architecture and the backend, and finding out traces the
 # whole model (~3 s on CPU), so it is done once per model.
 _RECORDED: dict = {}
-_transform = jax.jit(winograd.transform_kernel)  # one compile per kernel shape (~0.2 s each)
+# One compile per kernel shape (~0.2 s each); the path selects the kernel(s) in params.
+_transform = jax.jit(winograd.transform_from_params, static_argnums=0)
 
 
 def prepared_kernels(model: MUNet, variables: dict) -> dict:
@@ -260,10 +261,7 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
 
         _RECORDED[key] = jax.eval_shape(record, base)  # shapes only: nothing is computed
 
-    def transform(path, _):  # the collection mirrors the params tree: same path, same 'kernel' leaf
-        kernel = base["params"]
-        for part in path:
-            kernel = kernel[part.key]
-        return _transform(kernel)
+    def transform(path, _):  # the collection mirrors the params tree (winograd.transform_from_params)
+        return _transform(tuple(part.key for part in path), base["params"])
 
     return dict(jax.tree_util.tree_map_with_path(transform, _RECORDED[key]))
