@@ -331,8 +331,8 @@ def test_full_model_prepares_the_wide_stride_1_convs_on_cpu():
     if jax.default_backend() != "cpu":
         assert paths == {}
         return
-    encoders = {f"['{e}']['layer{s}_{b}']['conv2']" for e in ("enc_q", "enc_r") for s, n in ((2, 4), (3, 6))
-                for b in range(1, n)}  # not layer1 (64 channels) nor the stride-2 first blocks
+    encoders = {f"['{e}']['layer{s}_{b}']['conv2']" for e in ("enc_q", "enc_r") for s, n in ((1, 3), (2, 4), (3, 6))
+                for b in range(0 if s == 1 else 1, n)}  # not the stride-2 first blocks of layer2 / layer3
     kv = {f"['{m}']['key+value']" for m in ("kv_query", "kv_memory")}  # one conv per key/value pair
     decoder = {"['decoder']['conv_read']", "['decoder']['res_read']['conv1']", "['decoder']['res_read']['conv2']"} | {
         f"['decoder']['{r}']{c}" for r in ("refine3", "refine2") for c in (

@@ -212,7 +212,7 @@ def test_conv3x3_group_shares_one_prepared_winograd_conv():
                                   np.asarray(winograd.transform_kernel(kernel)))
     np.testing.assert_array_equal(
         np.asarray(written[winograd.PREPARED]["a+b"]),
-        np.asarray(winograd.transform_from_params(("a+b",), v["params"])))
+        np.asarray(winograd.transform_kernel(winograd.kernel_for(("a+b",), v["params"]))))
     prepared = {**v, **written}
     assert not _uses_lax_conv(pair.apply, prepared, x)
     for got, want in zip(pair.apply(prepared, x), separate):

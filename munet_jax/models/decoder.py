@@ -17,8 +17,8 @@ objects before the merge. Passing [B*K, ...] skips works too.
 `conv_algorithm` chooses how the 3x3 convs run: 'direct' (lax.conv), 'winograd'
 (F(4x4, 3x3), `munet_jax.models.winograd`) or 'auto' (Winograd on XLA:CPU for
 float32 and 128+ channels: on maps of 64x64 and more, i.e. the stride-4 and
-stride-8 stages at 480p, or on every map of 16x16 and more with prepared
-kernels; direct everywhere else). Same parameters either way.
+stride-8 stages at 480p, or, with prepared kernels, 64+ channels on every map
+of 16x16 and more; direct everywhere else). Same parameters either way.
 
 All upsampling is bilinear with half-pixel centres, PyTorch's
 `F.interpolate(..., mode='bilinear', align_corners=False)`: output pixel x

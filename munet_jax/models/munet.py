@@ -226,8 +226,7 @@ def init_variables(model: MUNet, rng: int | jax.Array, image_hw=(64, 64), num_ob
 # depends only on the architecture and the backend, and finding out traces the
 # whole model (~3 s on CPU), so it is done once per model.
 _RECORDED: dict = {}
-# One compile per kernel shape (~0.2 s each); the path selects the kernel(s) in params.
-_transform = jax.jit(winograd.transform_from_params, static_argnums=0)
+_transform = jax.jit(winograd.transform_kernel)  # one compile per kernel shape (~0.2 s each)
 
 
 def prepared_kernels(model: MUNet, variables: dict) -> dict:
@@ -241,8 +240,8 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
     bottlenecks), where a per-call transform costs more than it saves.
 
     Empty ({}) where no conv uses Winograd: GPU/TPU backends, bfloat16 models,
-    `conv3x3='direct'`, models narrower than 128 channels. With the full model on
-    XLA:CPU it holds 4x the weights of those convs (437 MiB float32). A
+    `conv3x3='direct'`, models narrower than 64 channels. With the full model on
+    XLA:CPU it holds 4x the weights of those convs (440 MiB float32). A
     `winograd.PREPARED` collection already in `variables` is ignored (recomputed).
     Call it outside jit (it dispatches one jitted transform per kernel).
     """
@@ -261,7 +260,7 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
 
         _RECORDED[key] = jax.eval_shape(record, base)  # shapes only: nothing is computed
 
-    def transform(path, _):  # the collection mirrors the params tree (winograd.transform_from_params)
-        return _transform(tuple(part.key for part in path), base["params"])
+    def transform(path, _):  # the collection mirrors the params tree (winograd.kernel_for)
+        return _transform(winograd.kernel_for(tuple(part.key for part in path), base["params"]))
 
     return dict(jax.tree_util.tree_map_with_path(transform, _RECORDED[key]))

@@ -27,7 +27,7 @@ to frame, `Conv3x3` can take U from the variable collection `PREPARED`
 `InferenceEngine.prepare` calls) instead
 of recomputing it on every call: at stride 16 (30x54 at 480p) the 1024 -> 640
 key/value conv then runs in 62 ms instead of 150-190 ms direct (measured, the
-same CPU), and Winograd wins on every map of 16x16 or more with 128+ channels.
+same CPU), and Winograd wins on every map of 16x16 or more with 64+ channels.
 
 Precision: float32 results differ from the direct conv by ~2e-5 of the output's
 largest magnitude (the transforms' rounding); always computed in float32.
@@ -78,14 +78,15 @@ A_T = np.array(
 # 32 MB L3 between the input transform, the GEMM and the output transform.
 STRIP_BYTES = 8 * 2**20
 
-# `auto`: only where Winograd wins on XLA:CPU (measured, 2-core AMD EPYC): 128
-# channels in and out, and a map of at least 64x64 output pixels (stride 4 of a
-# 480p frame is 120x216) when the kernel is transformed on every call, or of
-# 16x16 with a prepared kernel (16x28, 1024 -> 640: 25 ms vs 60 ms direct; at
-# 8x8 the two are equal).
+# `auto`: only where Winograd wins on XLA:CPU (measured, 2-core AMD EPYC). With the
+# kernel transformed on every call: 128 channels in and out and a map of at least
+# 64x64 output pixels (stride 4 of a 480p frame is 120x216). With a prepared kernel:
+# 64 channels and a map of 16x16 (16x28, 1024 -> 640: 25 ms vs 60 ms direct;
+# 120x216, 64 -> 64: 12.9 vs 14.9 ms; at 8x8 the two are equal).
 AUTO_MIN_PIXELS = 64 * 64
-PREPARED_MIN_PIXELS = 16 * 16
 AUTO_MIN_CHANNELS = 128
+PREPARED_MIN_PIXELS = 16 * 16
+PREPARED_MIN_CHANNELS = 64
 
 # Variable collection of prepared (transformed) kernels, mirroring the params tree.
 PREPARED = "winograd_kernels"
@@ -240,8 +241,8 @@ def _auto_on_the_fly(x_shape, kernel_shape, dtype) -> bool:
 
 
 def _auto_preparable(kernel_shape, dtype) -> bool:
-    """`auto` with a prepared kernel: Winograd wins on XLA:CPU for 128+ channels (any map >= 16x16)."""
-    return jax.default_backend() == "cpu" and dtype == jnp.float32 and min(kernel_shape[2:]) >= AUTO_MIN_CHANNELS
+    """`auto` with a prepared kernel: Winograd wins on XLA:CPU for 64+ channels (any map >= 16x16)."""
+    return jax.default_backend() == "cpu" and dtype == jnp.float32 and min(kernel_shape[2:]) >= PREPARED_MIN_CHANNELS
 
 
 def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
@@ -258,9 +259,10 @@ class Conv3x3(nn.Module):
     imported weights are unchanged whichever `algorithm` runs:
       'direct'   always `lax.conv_general_dilated`;
       'winograd' every stride-1 call (any backend / dtype; computed in float32);
-      'auto'     on XLA:CPU for float32 and 128+ channels in and out: with a
-                 prepared kernel for maps of 16x16 and more, otherwise (the kernel
-                 transformed on every call) only for maps of 64x64 and more.
+      'auto'     on XLA:CPU for float32: with a prepared kernel for 64+ channels
+                 in and out and maps of 16x16 and more, otherwise (the kernel
+                 transformed on every call) for 128+ channels and maps of 64x64
+                 and more.
     Prepared kernel: U in the `PREPARED` collection at this module's path
     ('kernel'), written when that collection is mutable (and not during init),
     read when it is present.
@@ -356,12 +358,12 @@ def conv3x3_group(parent: nn.Module, x: jax.Array, convs: Sequence[Conv3x3]) -> 
     return [o if b is None else o + b.astype(o.dtype) for o, (_, b) in zip(outs, kernels)]
 
 
-def transform_from_params(path: Sequence[str], params: dict) -> jax.Array:
-    """The PREPARED entry at `path` computed from `params`: the transform of the kernel at the same
-    path ('.../conv/kernel'), or of the side-by-side kernels of a group entry ('.../key+value')."""
+def kernel_for(path: Sequence[str], params: dict) -> jax.Array:
+    """The [3, 3, C, K] kernel whose transform is the PREPARED entry at `path`: the kernel at the
+    same path of `params` ('.../conv/kernel'), or a group's kernels side by side ('.../key+value')."""
     node = params
     for key in path[:-1]:
         node = node[key]
     if GROUP_SEPARATOR in path[-1]:
-        return transform_kernel(jnp.concatenate([node[child]["kernel"] for child in path[-1].split(GROUP_SEPARATOR)], -1))
-    return transform_kernel(node[path[-1]])
+        return jnp.concatenate([node[child]["kernel"] for child in path[-1].split(GROUP_SEPARATOR)], -1)
+    return node[path[-1]]
