@@ -137,11 +137,19 @@ def test_stm_baseline_is_merged_and_compared(tmp_path):
             "compile_s": 1.0, "gflops": 377.0, "achieved_gflops_per_s": 188.0, "mfu": 0.9, "memory": None,
             "device_peak_bytes": None, "recompiled_after_warmup": False, "peak_gflops_per_s": 200.0,
             "peak_source": "measured"}
-    _, md_path = report.write(tmp_path / "out", info, {"inference": [ours], "stm_baseline": report.read_stm_results(stm)},
+    stm_rows = report.read_stm_results(stm)
+    # As the command line does: the rows timed with --stm_results are marked as compared with it.
+    tagged = report.tag_compared_rows([ours], stm_rows)
+    _, md_path = report.write(tmp_path / "out", info, {"inference": tagged, "stm_baseline": stm_rows},
                               {"stm_results": str(stm)})
     text = md_path.read_text()
     assert "## Against STM" in text and "| 1.50x |" in text
     assert "| auto (decoder only) |" in text  # a row from before model.conv3x3
+    # A later row of other code is not set against that STM run.
+    later = {**ours, "conv3x3": "direct", "median_ms": 1000.0}
+    _, md_path = report.write(tmp_path / "out", info, {"inference": [later]}, {})
+    text = md_path.read_text()
+    assert "| 1.50x |" in text and "| 3.00x |" not in text and "| 1000.0 (1900.0) |" in text
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     with pytest.raises(SystemExit, match="bad.json"):

@@ -87,6 +87,8 @@ def main(argv=None) -> dict:
     if args.stm_results:
         from munet_jax.benchmark import report as report_module
         sections["stm_baseline"] = report_module.read_stm_results(Path(args.stm_results))
+        if "inference" in sections:
+            sections["inference"] = report_module.tag_compared_rows(sections["inference"], sections["stm_baseline"])
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k not in ("out",)}
         paths = report.write(Path(args.out), info, sections, settings)

@@ -6,6 +6,7 @@ measured again are replaced), so sub-commands and settings may run separately.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from pathlib import Path
@@ -25,14 +26,23 @@ STRIDE = 16
 
 
 def read_stm_results(path: Path) -> list[dict]:
-    """Rows of `benchmarks/stm_pytorch.py --json`, each with the run's torch facts."""
+    """Rows of `benchmarks/stm_pytorch.py --json`, each with the run's torch facts and a
+    `baseline_id` (file name and modification time) naming that STM run."""
     try:
         data = json.loads(Path(path).read_text())
         info, rows = data["info"], data["rows"]
+        written = datetime.datetime.fromtimestamp(Path(path).stat().st_mtime).isoformat(timespec="seconds")
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"--stm_results {path}: not a benchmarks/stm_pytorch.py --json file ({error})") from error
-    return [{**row, "torch": info.get("torch"), "threads": info.get("threads"), "measured": info.get("date")}
-            for row in rows]
+    return [{**row, "torch": info.get("torch"), "threads": info.get("threads"), "measured": info.get("date"),
+             "baseline_id": f"{Path(path).name}@{written}"} for row in rows]
+
+
+def tag_compared_rows(inference_rows: list[dict], stm_rows: list[dict]) -> list[dict]:
+    """Inference rows timed in the same invocation as `--stm_results`: marked as compared with that
+    STM run, so that the report pairs them (and not rows measured by other code or at other times)."""
+    ids = {r["baseline_id"] for r in stm_rows}
+    return [{**r, "compared_with": next(iter(ids))} if len(ids) == 1 else r for r in inference_rows]
 
 
 def _padded(image) -> list[int]:
@@ -41,10 +51,13 @@ def _padded(image) -> list[int]:
 
 def stm_comparison(report: dict) -> list[tuple[dict, dict]]:
     """(STM row, munet_jax inference row) pairs of the same frame size (STM's padded size =
-    the image padded to a multiple of 16), objects, memory frames, float32."""
+    the image padded to a multiple of 16), objects, memory frames, float32, where the row was
+    timed together with that STM run (`tag_compared_rows`; files from before it: any row)."""
     pairs = []
     for stm in report.get("stm_baseline") or []:
         for row in report.get("inference") or []:
+            if stm.get("baseline_id") is not None and row.get("compared_with") != stm["baseline_id"]:
+                continue
             if (row.get("config") == "full" and row.get("dtype") == "float32" and row["objects"] == stm["objects"]
                     and row["memory_frames"] == stm["memory_frames"] and _padded(row["image"]) == list(stm["size"])):
                 pairs.append((stm, row))
