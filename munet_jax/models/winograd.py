@@ -122,7 +122,9 @@ def _input_tiles(xp: jax.Array, tile_rows: int, tile_cols: int) -> jax.Array:
     """Padded strip [B, 4 tr + 2, 4 tc + 2, C] -> V = B^T d B as [36, B * tr * tc, C].
 
     Tile (i, j) covers input rows 4i..4i+5 and columns 4j..4j+5: the transform is
-    applied separably to strided slices (rows first, then columns).
+    applied separably to strided slices, rows first, then columns, each stage as 6
+    linear combinations of whole stacks (not 36 of single slices: 4x faster to
+    compile, 1.4 vs 0.35 s per conv, and no slower to run).
     """
     c = xp.shape[-1]
     rows = [xp[:, a: a + TILE * tile_rows: TILE] for a in range(ALPHA)]  # 6 x [B, tr, Wp, C]
@@ -130,21 +132,19 @@ def _input_tiles(xp: jax.Array, tile_rows: int, tile_cols: int) -> jax.Array:
     # column stage, XLA recomputed it for each of the 6 column outputs (conv with a prepared
     # kernel, interleaved: 120x216 256->256 146 -> 115 ms, 30x54 1024->512 76 -> 63 ms).
     rows = lax.optimization_barrier(jnp.stack([_combine(B_T[r], rows) for r in range(ALPHA)]))
-    tiles = []
-    for row in rows:
-        cols = [row[:, :, b: b + TILE * tile_cols: TILE] for b in range(ALPHA)]  # 6 x [B, tr, tc, C]
-        tiles += [_combine(B_T[s], cols) for s in range(ALPHA)]
-    return jnp.stack(tiles).reshape(ALPHA * ALPHA, -1, c)
+    cols = [rows[:, :, :, b: b + TILE * tile_cols: TILE] for b in range(ALPHA)]  # 6 x [6, B, tr, tc, C]
+    tiles = jnp.stack([_combine(B_T[s], cols) for s in range(ALPHA)], axis=1)  # [6 (row), 6 (col), B, tr, tc, C]
+    return tiles.reshape(ALPHA * ALPHA, -1, c)
 
 
 def _output_tiles(m: jax.Array, batch: int, tile_rows: int, tile_cols: int) -> jax.Array:
-    """M [36, B * tr * tc, K] -> Y = A^T M A laid out as [B, 4 tr, 4 tc, K]."""
+    """M [36, B * tr * tc, K] -> Y = A^T M A laid out as [B, 4 tr, 4 tc, K] (rows, then columns,
+    each as 4 combinations of whole stacks: half the compile time of 16 separate outputs)."""
     k = m.shape[-1]
     m = m.reshape(ALPHA, ALPHA, batch, tile_rows, tile_cols, k)
-    rows = [_combine(A_T[r], [m[i] for i in range(ALPHA)]) for r in range(TILE)]  # 4 x [6, B, tr, tc, K]
-    out = [jnp.stack([_combine(A_T[s], [row[j] for j in range(ALPHA)]) for s in range(TILE)], axis=3)
-           for row in rows]  # 4 x [B, tr, tc, 4, K]
-    y = jnp.stack(out, axis=2)  # [B, tr, 4, tc, 4, K]
+    rows = jnp.stack([_combine(A_T[r], [m[i] for i in range(ALPHA)]) for r in range(TILE)])  # [4, 6, B, tr, tc, K]
+    y = jnp.stack([_combine(A_T[s], [rows[:, j] for j in range(ALPHA)]) for s in range(TILE)], axis=1)  # [4, 4, B, tr, tc, K]
+    y = y.transpose(2, 3, 0, 4, 1, 5)  # [B, tr, 4 (row in tile), tc, 4 (column in tile), K]
     return y.reshape(batch, TILE * tile_rows, TILE * tile_cols, k)
 
 
