@@ -26,7 +26,6 @@ from munet_jax.inference.config import inference_config
 from munet_jax.inference.engine import InferenceState, choose_size_bucket, pad_to, step_state
 from munet_jax.inference.memory_bank import MemoryBank
 from munet_jax.models.munet import compute_dtype
-from munet_jax.models.winograd import PREPARED
 
 
 def full_state(model, num_objects: int, capacity: int, bucket_hw, image_hw) -> InferenceState:
@@ -64,16 +63,10 @@ def run(args) -> list[dict]:
     frame = jnp.asarray(pad_to(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8), bucket))
     rows = []
     variables = models.variables(args.tiny)
-    programs = {}  # (dtype, conv3x3, prepared) -> (model, its variables, jitted step)
-    for dtype in common.parse_strs(args.dtype):
-        for conv in common.parse_strs(args.conv3x3):
-            model = models.build(args.tiny, dtype, conv)
-            for want in models.parse_prepared(args.prepared):
-                model_vars = models.inference_variables(model, variables, want)
-                # 'prepared' only where there is something to prepare (never twice the same program).
-                programs.setdefault((dtype, conv, PREPARED in model_vars), (
-                    model, model_vars,
-                    jax.jit(functools.partial(step_state, model, icfg.mem_every), donate_argnums=(1,))))
+    # (dtype, conv3x3, prepared) -> (model, its variables, jitted step)
+    programs = {key: (model, model_vars, jax.jit(functools.partial(step_state, model, icfg.mem_every),
+                                                  donate_argnums=(1,)))
+                for key, (model, model_vars) in models.inference_variants(args, variables).items()}
     variants = list(programs)
     # Model FLOPs: the same step with direct convolutions, lowered only.
     counted = {d: jax.jit(functools.partial(step_state, models.build(args.tiny, d, "direct"), icfg.mem_every))

@@ -10,8 +10,9 @@ import functools
 
 import ml_collections
 
+from munet_jax.benchmark.common import parse_strs
 from munet_jax.models.config import munet_config, tiny_munet_config
-from munet_jax.models.munet import build_model, init_variables, prepared_kernels
+from munet_jax.models.munet import build_model, init_variables, with_prepared_kernels
 from munet_jax.models.winograd import PREPARED
 
 
@@ -28,10 +29,21 @@ def build(tiny: bool, dtype: str, conv3x3: str | None = None):
     return build_model(model_config(tiny, dtype, conv3x3))
 
 
-def inference_variables(model, variables: dict, prepared: bool) -> dict:
-    """`variables`, plus the prepared Winograd kernels if `prepared` (what `InferenceEngine.prepare` gives)."""
-    kernels = prepared_kernels(model, variables) if prepared else {}
-    return {**variables, PREPARED: kernels} if kernels else variables
+def inference_variants(args, variables: dict) -> dict:
+    """(dtype, conv3x3, prepared) -> (model, its variables) for every --dtype x --conv3x3 x --prepared.
+
+    The variables are `variables`, with the prepared Winograd kernels for 'yes' (what
+    `InferenceEngine.prepare` gives). `prepared` is True only where there is something
+    to prepare, so a setting without any (e.g. 'direct') is not timed twice.
+    """
+    variants = {}
+    for dtype in parse_strs(args.dtype):
+        for conv in parse_strs(args.conv3x3):
+            model = build(args.tiny, dtype, conv)
+            for want in parse_prepared(args.prepared):
+                model_vars = with_prepared_kernels(model, variables) if want else variables
+                variants.setdefault((dtype, conv, PREPARED in model_vars), (model, model_vars))
+    return variants
 
 
 def parse_prepared(text: str) -> list[bool]:

@@ -31,7 +31,6 @@ from munet_jax.inference.engine import choose_size_bucket
 from munet_jax.models import cost_volume as cv
 from munet_jax.models.memory import memory_read
 from munet_jax.models.munet import MUNet, compute_dtype
-from munet_jax.models.winograd import PREPARED
 
 IN_FRAME = ("enc_q", "enc_r", "mu_layer", "msam", "kv_query", "memory_read", "decoder")
 
@@ -84,14 +83,7 @@ def run(args) -> list[dict]:
     t = int(args.parts_memory)
     variables = models.variables(args.tiny)
     rows = []
-    variants = {}  # (dtype, conv3x3, prepared) -> (model, its variables); 'prepared' only where there is any
-    for dtype in common.parse_strs(args.dtype):
-        for conv in common.parse_strs(args.conv3x3):
-            model = models.build(args.tiny, dtype, conv)
-            for want in models.parse_prepared(args.prepared):
-                model_vars = models.inference_variables(model, variables, want)
-                variants.setdefault((dtype, conv, PREPARED in model_vars), (model, model_vars))
-    for (dtype, conv, prepared), (model, model_vars) in variants.items():
+    for (dtype, conv, prepared), (model, model_vars) in models.inference_variants(args, variables).items():
         # Model FLOPs from the same parts with direct convolutions (lowered only).
         counted = _programs(models.build(args.tiny, dtype, "direct"), variables, k, t, bucket)
         measured = {}

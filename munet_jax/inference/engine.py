@@ -36,7 +36,7 @@ import numpy as np
 from munet_jax.inference.config import check_inference_config, inference_config
 from munet_jax.inference.memory_bank import MemoryBank, empty_bank, pad_objects, write
 from munet_jax.models.aggregation import soft_aggregate
-from munet_jax.models.munet import IMAGENET_MEAN, MUNet, prepared_kernels
+from munet_jax.models.munet import IMAGENET_MEAN, MUNet, with_prepared_kernels
 from munet_jax.models.winograd import PREPARED
 
 MEAN_COLOUR = tuple(255.0 * m for m in IMAGENET_MEAN)  # in 0..255, normalises to exactly 0
@@ -264,10 +264,7 @@ class InferenceEngine:
         nothing; after changing the parameters, prepare from the new bare variables.
         Raw variables work too (the transforms then run inside every step).
         """
-        if PREPARED in variables:
-            return variables
-        kernels = prepared_kernels(self.model, variables)
-        return {**variables, PREPARED: kernels} if kernels else variables
+        return variables if PREPARED in variables else with_prepared_kernels(self.model, variables)
 
     def compilations(self, name: str) -> int:
         """How many programs `name` ('init', 'step', 'video') has compiled over all buckets."""

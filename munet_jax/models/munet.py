@@ -264,3 +264,9 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
         return _transform(winograd.kernel_for(tuple(part.key for part in path), base["params"]))
 
     return dict(jax.tree_util.tree_map_with_path(transform, _RECORDED[key]))
+
+
+def with_prepared_kernels(model: MUNet, variables: dict) -> dict:
+    """`variables` plus their `prepared_kernels` collection (the same dict where there is none to add)."""
+    kernels = prepared_kernels(model, variables)
+    return {**variables, winograd.PREPARED: kernels} if kernels else variables

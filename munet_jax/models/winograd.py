@@ -300,21 +300,28 @@ class Conv3x3(nn.Module):
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if self.strides == 1 and self.algorithm != "direct":
-            u = self._prepared_kernel(kernel, x.dtype)
-            if u is not None and (self.algorithm == "winograd" or x.shape[1] * x.shape[2] >= PREPARED_MIN_PIXELS):
+            eligible = self.algorithm == "winograd" or _auto_preparable(kernel.shape, x.dtype)
+            u = _prepared(self, "kernel", eligible, lambda: transform_kernel(kernel))
+            if u is not None and _prepared_applies(self.algorithm, x.shape):
                 return conv3x3_transformed(x, u)
             if self.algorithm == "winograd" or _auto_on_the_fly(x.shape, kernel.shape, x.dtype):
                 return conv3x3(x, kernel)
         return _lax_conv3x3(x, kernel, self.strides)
 
-    def _prepared_kernel(self, kernel: jax.Array, dtype) -> jax.Array | None:
-        """U from `PREPARED` (recording it first when that collection is mutable), or None."""
-        if (self.is_mutable_collection(PREPARED) and not self.is_initializing()
-                and (self.algorithm == "winograd" or _auto_preparable(kernel.shape, dtype))):
-            return self.variable(PREPARED, "kernel", transform_kernel, kernel).value
-        if self.has_variable(PREPARED, "kernel"):
-            return self.get_variable(PREPARED, "kernel")
-        return None
+
+def _prepared(module: nn.Module, name: str, eligible: bool, transform: Callable[[], jax.Array]) -> jax.Array | None:
+    """U of `module`'s entry `name` in `PREPARED`: recorded (computed by `transform`) when the
+    collection is mutable outside init and the conv is `eligible`, else read where present, else None."""
+    if eligible and module.is_mutable_collection(PREPARED) and not module.is_initializing():
+        return module.variable(PREPARED, name, transform).value
+    if eligible and module.has_variable(PREPARED, name):
+        return module.get_variable(PREPARED, name)
+    return None
+
+
+def _prepared_applies(algorithm: str, x_shape) -> bool:
+    """Whether a prepared kernel is used on a map of x_shape [..., H, W, C] (`auto`: from 16x16)."""
+    return algorithm == "winograd" or x_shape[-3] * x_shape[-2] >= PREPARED_MIN_PIXELS
 
 
 GROUP_SEPARATOR = "+"  # a PREPARED entry named 'key+value' holds the children's kernels side by side
@@ -340,16 +347,12 @@ def conv3x3_group(parent: nn.Module, x: jax.Array, convs: Sequence[Conv3x3]) -> 
         len({(c.algorithm, c.dtype) for c in convs}) == 1 and all(c.strides == 1 for c in convs)
         and (first.algorithm == "winograd" or (first.algorithm == "auto" and wide_enough))
     )
-    u = None
-    if eligible and parent.is_mutable_collection(PREPARED) and not parent.is_initializing():
-        u = parent.variable(PREPARED, name, lambda: transform_kernel(jnp.concatenate([k for k, _ in kernels], -1))).value
-    elif eligible and parent.has_variable(PREPARED, name):
-        u = parent.get_variable(PREPARED, name)
+    u = _prepared(parent, name, eligible, lambda: transform_kernel(jnp.concatenate([k for k, _ in kernels], -1)))
     if u is None:
         return [conv(x) for conv in convs]
     xc = nn.dtypes.promote_dtype(x, kernels[0][0], dtype=first.dtype)[0]
     x4 = xc.reshape((-1,) + xc.shape[-3:])  # [N, H, W, C]
-    if first.algorithm == "winograd" or x.shape[-3] * x.shape[-2] >= PREPARED_MIN_PIXELS:
+    if _prepared_applies(first.algorithm, x.shape):
         y = conv3x3_transformed(x4, u)  # [N, H, W, K1 + K2 + ...]
         outs = jnp.split(y, np.cumsum([c.features for c in convs])[:-1].tolist(), axis=-1)
     else:  # a small map: lax, here rather than in the children (they would record their own kernels)
