@@ -93,13 +93,33 @@ def test_report_markdown_of_every_section(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_step_report(tmp_path):
-    main(["training", "--tiny", "--train_size", "32x32", "--batch", "1", "--dtype", "float32", "--repeats", "1",
-          "--out", str(tmp_path)])
+def test_training_step_report(tmp_path, monkeypatch):
+    # The batch search the GPU runs (--fit_batch on CPU). Its compiles are replaced by an affine
+    # memory model (each real compile of the tiny step takes ~30 s here; the search itself is
+    # tested above): 1 GB + 1 GB per clip under a 3.5 GB budget -> 2 clips per device.
+    from munet_jax.benchmark import training
+
+    asked = []
+
+    def fake_bytes(tiny, dtype, batch_size, crop, conv3x3=None):
+        asked.append(batch_size)
+        return 1e9 * (1 + batch_size)
+
+    monkeypatch.setattr(training, "compiled_step_bytes", fake_bytes)
+    main(["training", "--tiny", "--train_size", "32x32", "--fit_batch", "--memory_budget_gb", "3.5",
+          "--dtype", "float32", "--repeats", "1", "--out", str(tmp_path)])
     (json_path,) = tmp_path.glob("*.json")
     (row,) = json.loads(json_path.read_text())["training"]
-    assert row["global_batch"] == row["per_device_batch"] * jax.device_count()
+    assert row["per_device_batch"] == 2 and sorted(set(asked)) == [1, 2, 3]
+    assert row["global_batch"] == 2 * jax.device_count()
+    assert row["batch_fit"]["compiled_gb"] == {"1": 2.0, "2": 3.0, "3": 4.0}
+    assert row["batch_fit"]["budget_gb"] == 3.5 and row["batch_fit"]["per_clip_gb"] == 1.0
+    # The timed program is the real step at that batch: its own memory analysis is recorded.
+    assert row["memory"]["peak_estimate"] > 0
+    assert row["batch_fit"]["timed_program_gb"] == pytest.approx(row["memory"]["peak_estimate"] / 1e9)
     assert row["clips_per_s"] > 0 and row["recompiled_after_warmup"] is False
+    (md_path,) = tmp_path.glob("*.md")
+    assert "largest under 3.5 GB (XLA memory analysis)" in md_path.read_text()
 
 
 def test_model_flops_count_direct_convs_while_the_timed_program_may_differ(tmp_path):
@@ -175,3 +195,51 @@ def test_measure_many_interleaves_and_carries_each_state():
     assert [t.repeats for t in timings] == [3, 3]
     assert calls[-6:] == ["a", "b"] * 3  # the timed calls alternate
     assert all(t.recompiled is False and t.median_ms > 0 for t in timings)
+
+
+def test_largest_batch_under_finds_the_boundary_with_few_compiles():
+    from munet_jax.benchmark.training import largest_batch_under
+
+    def counted(bytes_of):
+        calls = []
+
+        def bytes_at(b):
+            calls.append(b)
+            return bytes_of(b)
+        return bytes_at, calls
+
+    # Affine (the usual case): 1, 2, the guess and guess + 1.
+    bytes_at, calls = counted(lambda b: 10.0 + 3.0 * b)
+    assert largest_batch_under(bytes_at, 50.0, 256)[0] == 13  # 10 + 3 * 13 = 49 <= 50 < 52
+    assert len(calls) == 4 and len(set(calls)) == 4
+    # Not affine (activations grow faster than the guess from 1 and 2 says): bisection, same
+    # answer as trying every batch.
+    def curved(b):
+        return 10.0 + 3.0 * b + 0.2 * b * b
+    for budget in (12.0, 13.0, 16.4, 50.0, 400.0, 1e9):
+        expected = max([b for b in range(1, 65) if curved(b) <= budget], default=0)
+        bytes_at, calls = counted(curved)
+        found, seen = largest_batch_under(bytes_at, budget, 64)
+        assert found == expected, budget
+        assert set(seen) == set(calls) and len(calls) <= 9
+    # Out-of-memory while compiling reads as infinity: does not fit.
+    found, _ = largest_batch_under(lambda b: float("inf") if b > 5 else float(b), 100.0, 64)
+    assert found == 5
+
+
+@pytest.mark.slow
+def test_video_benchmark_times_the_whole_video_program(tmp_path):
+    main(["video", "--tiny", "--size", "32x48", "--objects", "1,2", "--video_frames", "4", "--dtype", "float32",
+          "--repeats", "1", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    rows = json.loads(json_path.read_text())["video"]
+    assert [r["objects"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["frames"] == 4 and r["bucket"][0] % 16 == 0
+        assert r["fps"] == pytest.approx(4 / (r["median_ms"] / 1e3))
+        assert r["ms_per_frame"] == pytest.approx(r["median_ms"] / 4)
+        assert r["recompiled_after_warmup"] is False
+    # Model FLOPs of init + 3 steps: more objects, more work.
+    assert 0 < rows[0]["flops"] < rows[1]["flops"]
+    (md_path,) = tmp_path.glob("*.md")
+    assert "## Inference: a whole video as one program" in md_path.read_text()

@@ -161,6 +161,15 @@ def device_peak_bytes() -> int | None:
     return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
 
 
+def device_memory_limit() -> int | None:
+    """Bytes the allocator of device 0 may hand out (GPU / TPU); None on CPU."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:
+        return None
+    return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
+
+
 def cache_size(jitted) -> int | None:
     size = getattr(jitted, "_cache_size", None)
     return size() if callable(size) else None

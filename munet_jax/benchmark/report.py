@@ -13,12 +13,14 @@ from pathlib import Path
 
 from munet_jax.benchmark import common
 
-SECTIONS = ("inference", "parts", "training", "pipeline", "stm_baseline")
+SECTIONS = ("inference", "video", "parts", "training", "pipeline", "stm_baseline")
 # The flags each section reads: what its line in the Markdown's run list shows.
 RUN_FLAGS = {
     "inference": ("size", "objects", "memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
+    "video": ("size", "objects", "video_frames", "dtype", "conv3x3", "prepared", "repeats"),
     "parts": ("size", "objects", "parts_memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
-    "training": ("train_size", "batch", "dtype", "conv3x3", "decoder_conv", "repeats"),
+    "training": ("train_size", "batch", "memory_budget_gb", "fit_batch", "max_batch", "dtype", "conv3x3",
+                 "decoder_conv", "repeats"),
     "pipeline": ("pipeline_batch", "pipeline_steps", "pipeline_warmup"),
     "stm_baseline": ("stm_results",),
 }
@@ -97,7 +99,7 @@ def write(out_dir: Path, info: dict, sections: dict[str, list[dict]], settings: 
     return json_path, md_path
 
 
-SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3",
+SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "frames", "dtype", "decoder_conv", "conv3x3",
                 "prepared_kernels", "part",
                 "per_device_batch", "source", "batch", "size")
 
@@ -110,6 +112,14 @@ def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
 
     replaced = {key(r) for r in new}
     return [r for r in old if key(r) not in replaced] + list(new)
+
+
+def _batch_origin(row: dict) -> str:
+    """How a training row's batch was chosen, for the table."""
+    if row.get("batch_fit"):
+        fit = row["batch_fit"]
+        return f", largest under {fit['budget_gb']:.1f} GB (XLA memory analysis)"
+    return ", largest that fits" if row.get("batch_searched_by_doubling") else ""
 
 
 def _f(value, digits=1, scale=1.0):
@@ -192,6 +202,26 @@ def markdown(report: dict) -> str:
                 f"| {_f(r['fps'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 1, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
         lines += ["", "MFU against: " + _peaks(report["inference"]), ""]
+    if report.get("video"):
+        lines += [
+            "## Inference: a whole video as one program (`segment_video`: init + `lax.scan` of the step)",
+            "",
+            "Frames already on the device; the engine's memory (a bank of `capacity` slots, every one read "
+            "in every frame).",
+            "",
+            "| config | image -> bucket | objects | frames | capacity | dtype | 3x3 convs | ms/video | ms/frame | FPS "
+            "| compile s | GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in report["video"]:
+            lines.append(
+                f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
+                f"| {r['objects']} | {r['frames']} | {r['capacity']} | {r['dtype']} | {common.conv_label(r)} "
+                f"| {_f(r['median_ms'])} ({_f(r['min_ms'])}) | {_f(r['ms_per_frame'], 2)} | {_f(r['fps'], 2)} "
+                f"| {_f(r['compile_s'])} | {_f(None if r['gflops'] is None else r['gflops'] / r['frames'])} "
+                f"| {_f(r['achieved_gflops_per_s'])} | {_f(r['mfu'], 1, 100)}% | {_mem(r)} "
+                f"| {r['recompiled_after_warmup']} |")
+        lines += ["", "MFU against: " + _peaks(report["video"]), ""]
     pairs = stm_comparison(report)
     if pairs:
         lines += [
@@ -250,7 +280,7 @@ def markdown(report: dict) -> str:
             "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["training"]:
-            searched = ", largest that fits" if r["batch_searched_by_doubling"] else ""
+            searched = _batch_origin(r)
             lines.append(
                 f"| {r['config']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['objects']} | {r['dtype']} "
                 f"| {common.conv_label(r)} "
