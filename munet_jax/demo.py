@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
               "(pip install -e .), where configs/ sits beside munet_jax/", file=sys.stderr)
         return 2
 
-    from munet_jax import evaluate, train, visualize
+    from munet_jax import compilation_cache, evaluate, train, visualize
+
+    compilation_cache.enable()
 
     workdir = Path(args.workdir).expanduser().resolve()
     run_dir, results, pictures = workdir / "run", workdir / "results", workdir / "pictures"

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from munet_jax import compilation_cache
+
 EXIT_USAGE = 2
 CONFIG_ROOTS = {  # where a run's config keeps the dataset roots (configs/common.py), first non-empty wins
     "davis": ("eval.davis_root", "data.roots.davis2017"),
@@ -148,6 +150,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's read-only checkpoint chatter
+    compilation_cache.enable()
     try:
         return run(args)
     except (FileNotFoundError, NotADirectoryError, ValueError) as error:  # bad input; bugs keep their traceback

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from munet_jax import compilation_cache
 from munet_jax.video_io import (DEFAULT_FOLDER_FPS, FrameStream, MaskReadError, Mp4Writer, VideoReadError,
                                 open_frames, read_first_mask)
 
@@ -187,6 +188,7 @@ def segment(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    compilation_cache.enable()
     try:
         summary = segment(args)
     except (UsageError, VideoReadError, MaskReadError) as error:

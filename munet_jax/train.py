@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("absl", "jax._src.xla_bridge"):  # backend probing chatter
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    from munet_jax import compilation_cache
     from munet_jax.training.loop import NonFiniteLossError, train  # after parsing: imports jax
+
+    compilation_cache.enable()
 
     try:
         train(config, workdir)

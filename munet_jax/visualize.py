@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from munet_jax import compilation_cache
 from munet_jax.palette import DAVIS_PALETTE, NotIndexedMaskError, read_indexed_png
 from munet_jax.segment import (EXIT_USAGE, UsageError, check_first_mask, check_out, commit, load_checkpoint,
                                make_segmenter)
@@ -279,6 +280,7 @@ def run(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    compilation_cache.enable()
     try:
         written = run(args)
     except (UsageError, VideoReadError, MaskReadError) as error:

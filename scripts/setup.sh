@@ -8,23 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-is_py312() { "$@" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1; }
-
-find_python312() {
-  local cand="${PYTHON:-python3.12}"
-  if is_py312 "$cand"; then echo "$cand"; return; fi
-  if command -v pyenv >/dev/null 2>&1; then
-    local v
-    v=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.[0-9]+)?$' | sort -V | tail -n 1 || true)
-    if [ -n "$v" ]; then
-      local prefix
-      prefix=$(pyenv prefix "$v")
-      if is_py312 "$prefix/bin/python3.12"; then echo "$prefix/bin/python3.12"; return; fi
-    fi
-  fi
-  echo "error: Python 3.12 not found. Install it (e.g. 'pyenv install 3.12') or set PYTHON=/path/to/python3.12." >&2
-  exit 1
-}
+source scripts/find_python312.sh
 
 if [ "${FRESH:-0}" = "1" ]; then rm -rf .venv; fi
 if [ ! -x .venv/bin/python ]; then
