@@ -14,7 +14,6 @@ save), so the host never waits on the accelerator in between.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
