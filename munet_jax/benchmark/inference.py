@@ -84,11 +84,9 @@ def run(args) -> list[dict]:
                                             flops=common.model_flops(counted[dtype], counted_args)))
             for (dtype, conv, prepared), timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
-                    "config": "tiny" if args.tiny else "full",
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,
-                    "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared, "fps": 1e3 / timing.median_ms,
-                    "timed_with": [f"{d}/{c}{'/prepared' if p else ''}" for d, c, p in variants],
-                    **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
+                    "fps": 1e3 / timing.median_ms,
+                    **models.variant_row(args, (dtype, conv, prepared), variants, timing),
                 }
                 rows.append(row)
                 print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {dtype} "

@@ -46,6 +46,19 @@ def inference_variants(args, variables: dict) -> dict:
     return variants
 
 
+def variant_row(args, variant: tuple, variants, timing) -> dict:
+    """The fields of a result row that every timed (dtype, conv3x3, prepared) variant has: the
+    config, the variant, the variants it was timed interleaved with, the timing and the utilisation."""
+    from munet_jax.benchmark.common import utilisation
+
+    dtype, conv, prepared = variant
+    return {
+        "config": "tiny" if args.tiny else "full", "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared,
+        "timed_with": [f"{d}/{c}{'/prepared' if p else ''}" for d, c, p in variants],
+        **timing.to_dict(), **utilisation(timing, dtype, args.peak_gflops),
+    }
+
+
 def parse_prepared(text: str) -> list[bool]:
     """--prepared 'yes,no' -> [True, False]."""
     values = {"yes": True, "no": False}

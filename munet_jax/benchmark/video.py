@@ -63,12 +63,10 @@ def run(args) -> list[dict]:
         names = list(variants)
         for (dtype, conv, prepared), timing in zip(names, common.measure_many(batch, args.repeats)):
             row = {
-                "config": "tiny" if args.tiny else "full", "image": list(size), "bucket": list(bucket),
-                "objects": k, "object_slots": slots, "frames": n, "capacity": icfg.capacity,
-                "mem_every": icfg.mem_every, "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared,
+                "image": list(size), "bucket": list(bucket), "objects": k, "object_slots": slots, "frames": n,
+                "capacity": icfg.capacity, "mem_every": icfg.mem_every,
                 "fps": n / (timing.median_ms / 1e3), "ms_per_frame": timing.median_ms / n,
-                "timed_with": [f"{d}/{c}{'/prepared' if p else ''}" for d, c, p in names],
-                **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
+                **models.variant_row(args, (dtype, conv, prepared), names, timing),
             }
             rows.append(row)
             print(f"video {row['config']} {n} frames {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} "
