@@ -95,7 +95,7 @@ def compiled_step_bytes(tiny, dtype, batch_size, crop, conv3x3=None) -> float:
     if memory is None:
         raise RuntimeError(f"{jax.default_backend()} gives no memory analysis of the compiled step: "
                            "pass --batch")
-    print(f"training {dtype}: per-device batch {batch_size} compiles to {memory['peak_estimate'] / GB:.2f} GB",
+    print(f"training {dtype}: per-device batch {batch_size} compiles to {memory['peak_estimate'] / GB:.3g} GB",
           flush=True)
     return float(memory["peak_estimate"])
 
@@ -159,8 +159,8 @@ def run(args) -> list[dict]:
                    "compiled_gb": {str(b): v / GB for b, v in sorted(seen.items())},
                    "per_clip_gb": (seen[2] - seen[1]) / GB if 2 in seen else None}
             print(f"training {dtype}: largest per-device batch by XLA's memory "
-                  f"analysis: {batch} (budget {budget / GB:.1f} GB; compiled GB by batch: "
-                  f"{', '.join(f'{b}: {v:.2f}' for b, v in fit['compiled_gb'].items())})", flush=True)
+                  f"analysis: {batch} (budget {budget / GB:.3g} GB; compiled GB by batch: "
+                  f"{', '.join(f'{b}: {v:.3g}' for b, v in fit['compiled_gb'].items())})", flush=True)
             if batch == 0:
                 print(f"training {dtype}: even batch 1 does not fit", flush=True)
                 continue
