@@ -150,12 +150,17 @@ def compiled_memory(compiled) -> dict[str, int] | None:
     return out
 
 
-def device_peak_bytes() -> int | None:
-    """The allocator's peak so far (GPU / TPU); None where the backend keeps no statistics (CPU)."""
+def _memory_stats() -> dict | None:
+    """Device 0's allocator statistics (GPU / TPU); None where the backend keeps none (CPU)."""
     try:
-        stats = jax.devices()[0].memory_stats()
+        return jax.devices()[0].memory_stats() or None
     except Exception:
         return None
+
+
+def device_peak_bytes() -> int | None:
+    """The allocator's peak so far (GPU / TPU); None where the backend keeps no statistics (CPU)."""
+    stats = _memory_stats()
     if not stats:
         return None
     return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0))) or None
@@ -163,10 +168,7 @@ def device_peak_bytes() -> int | None:
 
 def device_memory_limit() -> int | None:
     """Bytes the allocator of device 0 may hand out (GPU / TPU); None on CPU."""
-    try:
-        stats = jax.devices()[0].memory_stats()
-    except Exception:
-        return None
+    stats = _memory_stats()
     return int(stats["bytes_limit"]) if stats and stats.get("bytes_limit") else None
 
 

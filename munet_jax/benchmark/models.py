@@ -10,7 +10,7 @@ import functools
 
 import ml_collections
 
-from munet_jax.benchmark.common import parse_strs
+from munet_jax.benchmark.common import parse_strs, utilisation
 from munet_jax.models.config import munet_config, tiny_munet_config
 from munet_jax.models.munet import build_model, init_variables, with_prepared_kernels
 from munet_jax.models.winograd import PREPARED
@@ -49,8 +49,6 @@ def inference_variants(args, variables: dict) -> dict:
 def variant_row(args, variant: tuple, variants, timing) -> dict:
     """The fields of a result row that every timed (dtype, conv3x3, prepared) variant has: the
     config, the variant, the variants it was timed interleaved with, the timing and the utilisation."""
-    from munet_jax.benchmark.common import utilisation
-
     dtype, conv, prepared = variant
     return {
         "config": "tiny" if args.tiny else "full", "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared,

@@ -23,7 +23,8 @@ import numpy as np
 
 from munet_jax.benchmark import common, models
 from munet_jax.inference.config import inference_config
-from munet_jax.inference.engine import choose_object_bucket, choose_size_bucket, init_state, pad_to, video_program
+from munet_jax.inference.engine import (choose_object_bucket, choose_size_bucket, init_state, pad_to, step_state,
+                                       video_program)
 
 
 def first_frame_labels(hw, num_objects: int) -> np.ndarray:
@@ -78,8 +79,6 @@ def run(args) -> list[dict]:
 
 def _video_flops(tiny, dtype, icfg, variables, frames, labels, image_hw, object_valid) -> float | None:
     """Model FLOPs of the whole video: init + (T - 1) steps, each lowered alone with direct convs."""
-    from munet_jax.inference.engine import step_state
-
     model = models.build(tiny, dtype, "direct")
     init = jax.jit(functools.partial(init_state, model, icfg.capacity))
     init_flops = common.model_flops(init, (variables, frames[0], labels, image_hw, object_valid))
