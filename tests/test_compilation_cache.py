@@ -40,14 +40,14 @@ def test_second_process_loads_the_program_the_first_compiled(tmp_path):
     env = clean_env(MUNET_JAX_COMPILATION_CACHE=str(folder))
     first = probe(env)
     assert first[0] == str(folder) and first[2] == "0"
-    written = sorted(p.name for p in folder.iterdir())
+    written = sorted(cache_entries(folder))
     assert written, "nothing written to the cache folder"
     second = probe(env)
     assert second[1] == first[1]  # same result
     # Every program the first process compiled (the jitted function, jnp.ones, the sum) is
     # served from the cache: one hit per entry written.
     assert int(second[2]) == len(written) >= 1
-    assert sorted(p.name for p in folder.iterdir()) == written
+    assert sorted(cache_entries(folder)) == written
 
 
 def test_off_and_jax_own_setting(tmp_path):
@@ -75,3 +75,72 @@ def test_unwritable_folder_warns_and_compiles_without(tmp_path, monkeypatch):
     blocker.write_text("not a folder")
     with pytest.warns(UserWarning, match="cannot be created"):
         assert compilation_cache.enable(blocker / "cache") is None
+
+
+# Compiles `n` distinct programs (one shape each), every one written to the cache.
+PROBE_MANY = """
+import sys, jax, jax.numpy as jnp
+from munet_jax import compilation_cache
+print(compilation_cache.enable())
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+for i in range(int(sys.argv[1])):
+    x = jnp.full((40 + 8 * i, 40 + 8 * i), 0.5)
+    jax.block_until_ready(jax.jit(lambda x: jnp.tanh(x @ x.T) @ x)(x))
+"""
+
+
+def cache_entries(folder) -> dict[str, int]:
+    """JAX's cache files ('<key>-cache') in folder and their sizes in bytes."""
+    return {p.name: p.stat().st_size for p in folder.glob("*-cache")}
+
+
+def test_cache_is_kept_under_its_size_limit(tmp_path):
+    def run(folder, n, max_gb):
+        env = clean_env(MUNET_JAX_COMPILATION_CACHE=str(folder), MUNET_JAX_COMPILATION_CACHE_MAX_GB=max_gb)
+        result = subprocess.run([sys.executable, "-c", PROBE_MANY, str(n)], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr
+        return cache_entries(folder)
+
+    unlimited = run(tmp_path / "unlimited", 6, "unlimited")
+    total = sum(unlimited.values())
+    assert len(unlimited) >= 6 and not list((tmp_path / "unlimited").glob("*-atime"))
+    # A limit of 60% of what the same programs take without one: the oldest entries go,
+    # the folder stays under it, and the entries that are left are the newest.
+    limit = 0.6 * total
+    limited = run(tmp_path / "limited", 6, str(limit / 2**30))
+    assert 0 < sum(limited.values()) <= limit < total
+    assert len(limited) < len(unlimited)
+    assert set(limited) <= set(unlimited)  # the same keys: eviction, not different programs
+    # JAX's LRU bookkeeping: an access-time file beside every entry that is left.
+    assert {p.name.removesuffix("-atime") for p in (tmp_path / "limited").glob("*-atime")} == {
+        name.removesuffix("-cache") for name in limited}
+
+
+@pytest.mark.parametrize("setting, expected", [("", 4 * 2**30), ("0.5", 2**29), ("unlimited", -1), (" 2 ", 2 * 2**30)])
+def test_size_limit_setting(setting, expected):
+    assert compilation_cache.max_size_bytes(setting) == expected
+
+
+@pytest.mark.parametrize("setting", ["0", "-3", "four", "nan"])
+def test_bad_size_limit_names_the_variable(setting):
+    with pytest.raises(ValueError, match="MUNET_JAX_COMPILATION_CACHE_MAX_GB"):
+        compilation_cache.max_size_bytes(setting)
+
+
+def test_without_filelock_the_cache_works_unlimited_with_a_warning(tmp_path):
+    code = """
+import sys, warnings
+sys.modules["filelock"] = None  # as if not installed: importing it raises ImportError
+import jax
+from munet_jax import compilation_cache
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(compilation_cache.enable())
+print(jax.config.jax_compilation_cache_max_size)
+print(any("filelock" in str(w.message) for w in caught))
+"""
+    env = clean_env(MUNET_JAX_COMPILATION_CACHE=str(tmp_path / "c"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(tmp_path / "c"), "-1", "True"]
