@@ -172,3 +172,32 @@ def test_backbone_weights_initialise_both_encoders():
         initial_variables(tiny_config("--config.model.backbone.stage_sizes=(1,2,1)", "--config.model.backbone.width=8",
                                       "--config.init.backbone_weights=/no/such/file.safetensors"),
                           make_model(config), make_mesh())
+
+
+def test_one_process_save_compiles_nothing_and_round_trips(tmp_path):
+    """Replicated arrays on 8 devices are written from one device: orbax's replica-parallel
+    default would compile a slice program per array shape and device on the first save."""
+    from munet_jax.training.checkpoint import Checkpointer
+    from munet_jax.training.mesh import make_mesh, replicated
+    from munet_jax.training.state import TrainState
+
+    mesh = make_mesh()
+    assert mesh.size == 8
+    rng = np.random.default_rng(0)
+    # Shapes no other test uses (a compiled slice of another test's array cannot hide one here).
+    host = TrainState(step=np.int32(7),
+                      params={"w": rng.normal(size=(8, 13, 3)).astype(np.float32), "b": np.arange(24, dtype=np.float32)},
+                      batch_stats={"mean": rng.normal(size=(40,)).astype(np.float32)},
+                      opt_state={"mu": rng.normal(size=(16, 6)).astype(np.float32)})
+    state = jax.device_put(host, replicated(mesh))
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    ckpt = Checkpointer(tmp_path, max_to_keep=None)
+    ckpt.save(state, 7)
+    ckpt.wait()
+    saving = len(compiles)
+    restored = ckpt.restore(state, replicated(mesh))
+    ckpt.close()
+    assert saving == 0, f"the save compiled {saving} programs"
+    assert_trees_equal(host_tree(restored), host)

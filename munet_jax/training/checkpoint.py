@@ -9,6 +9,7 @@ a run killed mid-save leaves the previous checkpoint as the latest one.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -25,10 +26,33 @@ def _abstract(tree, sharding):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _write_one_replica_in_one_process() -> None:
+    """In a single-process run, orbax writes each replicated array from one device.
+
+    Orbax's default on CPU and TPU (and GPU unless JAX_PLATFORMS names it) is
+    "replica-parallel" saving: each of the R devices holding a copy of an array
+    writes 1/R of it, cut out by a jitted slice, one compiled program per array
+    shape and device. Across hosts that spreads the writing; within one process
+    it is the same bytes written by the same host, after compiling ~250 slice
+    programs for this model on the first save (14 s of blocked training on 8
+    CPU devices, 0.3 s without). Multi-process runs keep orbax's default. The
+    setting is orbax's global jax.Array handler (the same handler and metadata
+    store, copied with only this flag changed).
+    """
+    if jax.process_count() != 1:
+        return
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(handler, "_use_replica_parallel", False):
+        single = copy.copy(handler)
+        single._use_replica_parallel = False
+        ocp.type_handlers.register_type_handler(jax.Array, single, override=True)
+
+
 class Checkpointer:
     """A `CheckpointManager` over <workdir>/checkpoints for one run."""
 
     def __init__(self, workdir: str | Path, *, max_to_keep: int | None, async_save: bool = True):
+        _write_one_replica_in_one_process()
         self.directory = Path(workdir).resolve() / CHECKPOINT_DIR
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
