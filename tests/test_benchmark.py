@@ -101,7 +101,7 @@ def test_training_step_report(tmp_path, monkeypatch):
 
     asked = []
 
-    def fake_bytes(tiny, dtype, batch_size, crop, conv3x3=None):
+    def fake_bytes(tiny, dtype, batch_size, crop, conv3x3=None, memory_read=None):
         asked.append(batch_size)
         return 1e9 * (1 + batch_size)
 
@@ -137,6 +137,27 @@ def test_model_flops_count_direct_convs_while_the_timed_program_may_differ(tmp_p
     assert abs(fast["xla_flops"] / fast["flops"] - 1) > 0.01
     (md_path,) = tmp_path.glob("*.md")
     assert "| winograd, prepared |" in md_path.read_text()
+
+
+def test_memory_read_variants_share_the_dense_model_flops(tmp_path):
+    # The blocked read is a loop over memory frames, whose body XLA's cost analysis counts once:
+    # the model FLOPs come from the dense read for both rows, and the blocked program's own
+    # count falls short of them by the loop's missing iterations.
+    # 448x448: 28x28 = 784 memory positions a frame, 2.3 MiB of logits: one frame per 4 MiB block.
+    main(["inference", "--tiny", "--size", "448x448", "--objects", "1", "--memory", "4", "--dtype", "float32",
+          "--conv3x3", "direct", "--memory_read", "dense,blocked", "--repeats", "1", "--out", str(tmp_path)])
+    (json_path,) = tmp_path.glob("*.json")
+    rows = {r["memory_read"]: r for r in json.loads(json_path.read_text())["inference"]}
+    assert set(rows) == {"dense", "blocked"}
+    assert rows["dense"]["flops"] == rows["blocked"]["flops"]
+    assert abs(rows["dense"]["xla_flops"] / rows["dense"]["flops"] - 1) < 0.01
+    # The read's two GEMMs: 2 x (16 key + 32 value channels) x 4 frames x 784 x 784 positions;
+    # 3 of the 4 blocks are not counted in the blocked program (nor their softmax's elementwise ops).
+    uncounted_gemms = 3 / 4 * 2 * (16 + 32) * 4 * 784 * 784
+    assert uncounted_gemms < rows["dense"]["xla_flops"] - rows["blocked"]["xla_flops"] < 1.2 * uncounted_gemms
+    assert rows["blocked"]["timed_with"] == ["float32/direct/read dense", "float32/direct/read blocked"]
+    (md_path,) = tmp_path.glob("*.md")
+    assert "| direct | blocked |" in md_path.read_text()
 
 
 def test_cpu_peak_is_measured():
@@ -243,3 +264,12 @@ def test_video_benchmark_times_the_whole_video_program(tmp_path):
     assert 0 < rows[0]["flops"] < rows[1]["flops"]
     (md_path,) = tmp_path.glob("*.md")
     assert "## Inference: a whole video as one program" in md_path.read_text()
+
+
+def test_rows_from_before_memory_read_count_as_dense_when_merged():
+    old = [{"config": "full", "objects": 1, "memory_frames": 20, "median_ms": 1.0},  # before the setting: dense
+           {"config": "full", "objects": 1, "memory_frames": 5, "median_ms": 2.0}]
+    new = [{"config": "full", "objects": 1, "memory_frames": 20, "memory_read": "dense", "median_ms": 3.0},
+           {"config": "full", "objects": 1, "memory_frames": 20, "memory_read": "auto", "median_ms": 4.0}]
+    merged = report.merge_rows(old, new)
+    assert [r["median_ms"] for r in merged] == [2.0, 3.0, 4.0]

@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from munet_jax.models.memory import KeyValue, memory_read, memory_read_with_weights
+from munet_jax.models.memory import KeyValue, frames_per_block, memory_read, memory_read_with_weights
+
+# The two ways to compute the read; block_bytes=1 makes every memory frame its own block.
+ALGORITHMS = pytest.mark.parametrize("how", [dict(algorithm="dense"), dict(algorithm="blocked", block_bytes=1)],
+                                     ids=["dense", "blocked"])
 
 
 def _rand(rng, *shape):
@@ -49,20 +53,22 @@ def test_one_frame_matches_hand_computed_attention():
     np.testing.assert_allclose(np.asarray(weights).reshape(h * w, h * w), ref_w, rtol=1e-5, atol=1e-7)
 
 
-def test_softmax_runs_over_all_frames_and_pixels():
+@ALGORITHMS
+def test_softmax_runs_over_all_frames_and_pixels(how):
     """Two frames: the weights are one softmax over both frames' pixels (not per frame)."""
     rng = np.random.default_rng(1)
     h, w, ck, cv = 2, 2, 3, 2
     mk, mv = _rand(rng, 1, 2, h, w, ck), _rand(rng, 1, 2, h, w, cv)
     qk, qv = _rand(rng, 1, h, w, ck), _rand(rng, 1, h, w, cv)
-    out = memory_read(mk, mv, np.ones((1, 2), bool), qk, qv)
+    out = memory_read(mk, mv, np.ones((1, 2), bool), qk, qv, **how)
     _, ref = _attention_loops(
         mk.reshape(2 * h * w, ck), mv.reshape(2 * h * w, cv), qk.reshape(h * w, ck), qv.reshape(h * w, cv)
     )
     np.testing.assert_allclose(np.asarray(out).reshape(h * w, 2 * cv), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_invalid_slots_have_no_effect():
+@ALGORITHMS
+def test_invalid_slots_have_no_effect(how):
     rng = np.random.default_rng(2)
     b, t, h, w, ck, cv = 2, 4, 2, 3, 8, 5
     mk, mv = _rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv)
@@ -74,7 +80,7 @@ def test_invalid_slots_have_no_effect():
     mv_bad[~valid] = 1e6 * _rand(rng, int((~valid).sum()), h, w, cv)
     mk_bad[0, 1, 0, 0, 0] = np.inf
     mv_bad[1, 0, 1, 1, 2] = np.nan
-    out = np.asarray(memory_read(mk_bad, mv_bad, valid, qk, qv))
+    out = np.asarray(memory_read(mk_bad, mv_bad, valid, qk, qv, **how))
     assert np.all(np.isfinite(out))
     for i in range(b):  # the same read with the empty slots dropped
         keep = valid[i]
@@ -84,18 +90,19 @@ def test_invalid_slots_have_no_effect():
         np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-6, atol=1e-6)
 
 
-def test_all_invalid_reads_zeros_and_has_finite_gradient():
+@ALGORITHMS
+def test_all_invalid_reads_zeros_and_has_finite_gradient(how):
     rng = np.random.default_rng(3)
     mk, mv = _rand(rng, 2, 2, 2, 2, 4), _rand(rng, 2, 2, 2, 2, 3)
     qk, qv = _rand(rng, 2, 2, 2, 4), _rand(rng, 2, 2, 2, 3)
     valid = np.array([[False, False], [True, False]])
-    out = np.asarray(memory_read(mk, mv, valid, qk, qv))
+    out = np.asarray(memory_read(mk, mv, valid, qk, qv, **how))
     assert np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[0, ..., :3], 0.0)  # read part of the empty row
     np.testing.assert_array_equal(out[0, ..., 3:], qv[0])  # query value passed through
     assert np.abs(out[1, ..., :3]).sum() > 0
 
-    grads = jax.grad(lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv) ** 2), argnums=(0, 1, 2))(mk, mv, qk)
+    grads = jax.grad(lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv, **how) ** 2), argnums=(0, 1, 2))(mk, mv, qk)
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g)))
     np.testing.assert_array_equal(np.asarray(grads[0])[~valid], 0.0)  # no gradient into empty slots
@@ -114,6 +121,64 @@ def test_bfloat16_close_to_float32():
     assert np.all(np.isfinite(out))
     np.testing.assert_allclose(out, ref, atol=0.08, rtol=0.05)
     np.testing.assert_allclose(np.asarray(weights).sum(axis=(1, 2, 3)), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_blocked_read_equals_dense_read_and_its_gradients(dtype):
+    """Several blocks of 1, 2 and 3 frames (block_bytes sized from one frame's logits), a
+    slot invalid in one row and a row whose first block is all invalid: values and the
+    gradients of a loss through the read agree with the dense read."""
+    rng = np.random.default_rng(5)
+    b, t, h, w, ck, cv = 3, 6, 3, 4, 8, 5
+    per_frame = (h * w) * (h * w) * 4  # bytes of one memory frame's float32 logits
+    mk, mv = _rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv)
+    qk, qv = _rand(rng, b, h, w, ck), _rand(rng, b, h, w, cv)
+    valid = np.ones((b, t), bool)
+    valid[1, 3] = False
+    valid[2, :3] = False
+    cast = [jnp.asarray(x, dtype) for x in (mk, mv, qk, qv)]
+    cotangent = _rand(rng, b, h, w, 2 * cv)
+
+    def loss(how):
+        return lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, cast[3], **how).astype(jnp.float32) * cotangent)
+
+    dense_value, dense_grads = jax.value_and_grad(loss(dict(algorithm="dense")), argnums=(0, 1, 2))(*cast[:3])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=0.05, atol=0.05)
+    for g in (1, 2, 3):
+        assert frames_per_block(t, h * w, h * w, g * per_frame) == g
+        how = dict(algorithm="blocked", block_bytes=g * per_frame)
+        out = memory_read(cast[0], cast[1], valid, cast[2], cast[3], **how)
+        ref = memory_read(cast[0], cast[1], valid, cast[2], cast[3], algorithm="dense")
+        assert out.dtype == dtype
+        np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+        value, grads = jax.value_and_grad(loss(how), argnums=(0, 1, 2))(*cast[:3])
+        np.testing.assert_allclose(float(value), float(dense_value), rtol=1e-4 if dtype == jnp.float32 else 0.02)
+        for got, want in zip(grads, dense_grads):
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
+
+
+def test_frames_per_block_and_when_auto_loops():
+    # 480p (30x54 positions, every frame 10.5 MB of logits): one frame a block, T blocks.
+    assert frames_per_block(20, 1620, 1620) == 1
+    # 240x432 (15x27, 0.66 MB a frame): the largest divisor of 20 within 4 MiB is 5.
+    assert frames_per_block(20, 405, 405) == 5
+    assert frames_per_block(7, 405, 405) == 1  # 7 is prime and 7 frames exceed the block
+    assert frames_per_block(4, 16, 16) == 4  # small maps: all in one block
+    rng = np.random.default_rng(6)
+    mk, mv = _rand(rng, 1, 4, 4, 4, 8), _rand(rng, 1, 4, 4, 4, 8)
+    qk, qv = _rand(rng, 1, 4, 4, 8), _rand(rng, 1, 4, 4, 8)
+    valid = np.ones((1, 4), bool)
+
+    def loops(**how):
+        text = str(jax.make_jaxpr(lambda *a: memory_read(*a, **how))(mk, mv, valid, qk, qv))
+        return "scan" in text
+
+    assert not loops()  # 4 frames of 16 x 16 logits: one block, the dense read
+    assert loops(block_bytes=16 * 16 * 4) == (jax.default_backend() == "cpu")  # four blocks: a loop on CPU
+    assert not loops(algorithm="dense", block_bytes=1)
+    assert loops(algorithm="blocked")
+    with pytest.raises(ValueError, match="memory read algorithm 'flash'"):
+        memory_read(mk, mv, valid, qk, qv, algorithm="flash")
 
 
 def test_memory_read_rejects_bad_shapes():

@@ -317,3 +317,8 @@ def conv_label(row: dict) -> str:
         return f"{row.get('decoder_conv', 'direct')} (decoder only)"
     return row["conv3x3"] + (", prepared" if row.get("prepared_kernels") else "")
 
+
+def read_label(row: dict) -> str:
+    """How a result row ran its memory read (`model.memory_read`; rows before the setting: dense)."""
+    return row.get("memory_read", "dense")
+

@@ -63,34 +63,34 @@ def run(args) -> list[dict]:
     frame = jnp.asarray(pad_to(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8), bucket))
     rows = []
     variables = models.variables(args.tiny)
-    # (dtype, conv3x3, prepared) -> (model, its variables, jitted step)
+    # Variant -> (model, its variables, jitted step)
     programs = {key: (model, model_vars, jax.jit(functools.partial(step_state, model, icfg.mem_every),
                                                   donate_argnums=(1,)))
                 for key, (model, model_vars) in models.inference_variants(args, variables).items()}
     variants = list(programs)
-    # Model FLOPs: the same step with direct convolutions, lowered only.
-    counted = {d: jax.jit(functools.partial(step_state, models.build(args.tiny, d, "direct"), icfg.mem_every))
+    # Model FLOPs: the same step with direct convolutions and the dense read, lowered only.
+    counted = {d: jax.jit(functools.partial(step_state, models.counting_model(args.tiny, d), icfg.mem_every))
                for d in common.parse_strs(args.dtype)}
     for k in common.parse_ints(args.objects):
         no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
         for t in common.parse_ints(args.memory):
             # Every dtype / conv variant of this setting, timed interleaved (common.measure_many).
             batch = []
-            for dtype, conv, prepared in variants:
-                model, model_vars, program = programs[dtype, conv, prepared]
+            for variant in variants:
+                model, model_vars, program = programs[variant]
                 call_args = (model_vars, full_state(model, k, t, bucket, size), frame, *no_new)
                 counted_args = (variables,) + call_args[1:]
                 batch.append(common.Program(program, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]),
-                                            flops=common.model_flops(counted[dtype], counted_args)))
-            for (dtype, conv, prepared), timing in zip(variants, common.measure_many(batch, args.repeats)):
+                                            flops=common.model_flops(counted[variant.dtype], counted_args)))
+            for variant, timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,
                     "fps": 1e3 / timing.median_ms,
-                    **models.variant_row(args, (dtype, conv, prepared), variants, timing),
+                    **models.variant_row(args, variant, variants, timing),
                 }
                 rows.append(row)
-                print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {dtype} "
-                      f"conv3x3 {common.conv_label(row)}: {timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
+                print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {variant.dtype} "
+                      f"conv3x3 {common.conv_label(row)}, read {variant.memory_read}: {timing.median_ms:.1f} ms (min {timing.min_ms:.1f}), {row['fps']:.2f} FPS, "
                       f"compile {timing.compile_s:.1f} s, {fmt_gflops(timing.flops)} model GFLOP/frame, "
                       f"recompiled={timing.recompiled}", flush=True)
     return rows

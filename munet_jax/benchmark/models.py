@@ -7,6 +7,7 @@ dtype (always float32), so one initialisation per config serves every setting.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import ml_collections
 
@@ -16,21 +17,43 @@ from munet_jax.models.munet import build_model, init_variables, with_prepared_ke
 from munet_jax.models.winograd import PREPARED
 
 
-def model_config(tiny: bool, dtype: str, conv3x3: str | None = None) -> ml_collections.ConfigDict:
+class Variant(NamedTuple):
+    """One way of running the same model, timed interleaved with the others of a setting."""
+
+    dtype: str
+    conv3x3: str  # model.conv3x3
+    prepared: bool  # Winograd kernels transformed once (InferenceEngine.prepare)
+    memory_read: str  # model.memory_read
+
+    def label(self) -> str:
+        return f"{self.dtype}/{self.conv3x3}{'/prepared' if self.prepared else ''}/read {self.memory_read}"
+
+
+def model_config(tiny: bool, dtype: str, conv3x3: str | None = None,
+                 memory_read: str | None = None) -> ml_collections.ConfigDict:
     cfg = tiny_munet_config() if tiny else munet_config()
     cfg.dtype = dtype
     if conv3x3 is not None:
         cfg.conv3x3 = conv3x3
+    if memory_read is not None:
+        cfg.memory_read = memory_read
     return cfg
 
 
-def build(tiny: bool, dtype: str, conv3x3: str | None = None):
-    """The model; conv3x3 None keeps the config's default ('auto')."""
-    return build_model(model_config(tiny, dtype, conv3x3))
+def build(tiny: bool, dtype: str, conv3x3: str | None = None, memory_read: str | None = None):
+    """The model; None keeps the config's default ('auto') of conv3x3 / memory_read."""
+    return build_model(model_config(tiny, dtype, conv3x3, memory_read))
+
+
+def counting_model(tiny: bool, dtype: str):
+    """The model whose programs XLA's cost analysis counts the model FLOPs of: direct
+    convolutions (Winograd does fewer multiplications) and the dense memory read (the
+    blocked read is a loop, whose body XLA counts once)."""
+    return build(tiny, dtype, "direct", "dense")
 
 
 def inference_variants(args, variables: dict) -> dict:
-    """(dtype, conv3x3, prepared) -> (model, its variables) for every --dtype x --conv3x3 x --prepared.
+    """Variant -> (model, its variables) for every --dtype x --conv3x3 x --prepared x --memory_read.
 
     The variables are `variables`, with the prepared Winograd kernels for 'yes' (what
     `InferenceEngine.prepare` gives). `prepared` is True only where there is something
@@ -39,21 +62,22 @@ def inference_variants(args, variables: dict) -> dict:
     variants = {}
     for dtype in parse_strs(args.dtype):
         for conv in parse_strs(args.conv3x3):
-            model = build(args.tiny, dtype, conv)
-            for want in parse_prepared(args.prepared):
-                model_vars = with_prepared_kernels(model, variables) if want else variables
-                variants.setdefault((dtype, conv, PREPARED in model_vars), (model, model_vars))
+            for read in parse_strs(args.memory_read):
+                model = build(args.tiny, dtype, conv, read)
+                for want in parse_prepared(args.prepared):
+                    model_vars = with_prepared_kernels(model, variables) if want else variables
+                    variants.setdefault(Variant(dtype, conv, PREPARED in model_vars, read), (model, model_vars))
     return variants
 
 
-def variant_row(args, variant: tuple, variants, timing) -> dict:
-    """The fields of a result row that every timed (dtype, conv3x3, prepared) variant has: the
-    config, the variant, the variants it was timed interleaved with, the timing and the utilisation."""
-    dtype, conv, prepared = variant
+def variant_row(args, variant: Variant, variants, timing) -> dict:
+    """The fields of a result row that every timed variant has: the config, the variant,
+    the variants it was timed interleaved with, the timing and the utilisation."""
     return {
-        "config": "tiny" if args.tiny else "full", "dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared,
-        "timed_with": [f"{d}/{c}{'/prepared' if p else ''}" for d, c, p in variants],
-        **timing.to_dict(), **utilisation(timing, dtype, args.peak_gflops),
+        "config": "tiny" if args.tiny else "full", "dtype": variant.dtype, "conv3x3": variant.conv3x3,
+        "prepared_kernels": variant.prepared, "memory_read": variant.memory_read,
+        "timed_with": [v.label() for v in variants],
+        **timing.to_dict(), **utilisation(timing, variant.dtype, args.peak_gflops),
     }
 
 

@@ -21,6 +21,8 @@ XLA fuses across parts in the real step, so it is an estimate of the step.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +69,7 @@ def _programs(model, variables, k: int, t: int, bucket) -> dict:
         "cost_volume": (jax.jit(motion_maps), (reduced, reduced[:, ::-1])),
         "msam": (method(lambda m, a, b: m.fusion(a, b)), (variables, res4, normal(1, h, w, d))),
         "kv_query": (method(lambda m, a: m.kv_query(a)), (variables, res4)),
-        "memory_read": (jax.jit(memory_read), (
+        "memory_read": (jax.jit(functools.partial(memory_read, algorithm=c.get("memory_read", "auto"))), (
             normal(k, t, h, w, c.key_dim), normal(k, t, h, w, c.value_dim), jnp.ones((k, t), bool),
             normal(k, h, w, c.key_dim), normal(k, h, w, c.value_dim))),
         "decoder": (method(lambda m, *a: m.decoder(*a)), (
@@ -83,16 +85,19 @@ def run(args) -> list[dict]:
     t = int(args.parts_memory)
     variables = models.variables(args.tiny)
     rows = []
-    for (dtype, conv, prepared), (model, model_vars) in models.inference_variants(args, variables).items():
-        # Model FLOPs from the same parts with direct convolutions (lowered only).
-        counted = _programs(models.build(args.tiny, dtype, "direct"), variables, k, t, bucket)
+    for variant, (model, model_vars) in models.inference_variants(args, variables).items():
+        dtype = variant.dtype
+        # Model FLOPs from the same parts with direct convolutions and the dense read (lowered only).
+        counted = _programs(models.counting_model(args.tiny, dtype), variables, k, t, bucket)
         measured = {}
-        setting = {"dtype": dtype, "conv3x3": conv, "prepared_kernels": prepared}
+        setting = {"dtype": dtype, "conv3x3": variant.conv3x3, "prepared_kernels": variant.prepared,
+                   "memory_read": variant.memory_read}
         for name, (program, call_args) in _programs(model, model_vars, k, t, bucket).items():
             timing = common.measure(program, call_args, args.repeats,
                                     flops=common.model_flops(counted[name][0], counted[name][1]))
             measured[name] = timing
-            print(f"part {name:<12} K={k} T={t} {dtype} conv3x3 {common.conv_label(setting)}: {timing.median_ms:8.1f} ms "
+            print(f"part {name:<12} K={k} T={t} {dtype} conv3x3 {common.conv_label(setting)}, "
+                  f"read {variant.memory_read}: {timing.median_ms:8.1f} ms "
                   f"(min {timing.min_ms:.1f}), {'n/a' if timing.flops is None else f'{timing.flops / 1e9:.2f}'} "
                   f"model GFLOP, compile {timing.compile_s:.1f} s", flush=True)
         total = sum(measured[n].median_ms for n in IN_FRAME)

@@ -16,11 +16,13 @@ from munet_jax.benchmark import common
 SECTIONS = ("inference", "video", "parts", "training", "pipeline", "stm_baseline")
 # The flags each section reads: what its line in the Markdown's run list shows.
 RUN_FLAGS = {
-    "inference": ("size", "objects", "memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
-    "video": ("size", "objects", "video_frames", "dtype", "conv3x3", "prepared", "repeats"),
-    "parts": ("size", "objects", "parts_memory", "dtype", "conv3x3", "prepared", "decoder_conv", "repeats"),
+    "inference": ("size", "objects", "memory", "dtype", "conv3x3", "prepared", "memory_read", "decoder_conv",
+                  "repeats"),
+    "video": ("size", "objects", "video_frames", "dtype", "conv3x3", "prepared", "memory_read", "repeats"),
+    "parts": ("size", "objects", "parts_memory", "dtype", "conv3x3", "prepared", "memory_read", "decoder_conv",
+              "repeats"),
     "training": ("train_size", "batch", "memory_budget_gb", "fit_batch", "max_batch", "dtype", "conv3x3",
-                 "decoder_conv", "repeats"),
+                 "memory_read", "decoder_conv", "repeats"),
     "pipeline": ("pipeline_batch", "pipeline_steps", "pipeline_warmup"),
     "stm_baseline": ("stm_results",),
 }
@@ -100,15 +102,15 @@ def write(out_dir: Path, info: dict, sections: dict[str, list[dict]], settings: 
 
 
 SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames", "frames", "dtype", "decoder_conv", "conv3x3",
-                "prepared_kernels", "part",
+                "prepared_kernels", "memory_read", "part",
                 "per_device_batch", "source", "batch", "size")
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     """`old` rows without those of a setting that `new` measured again, then `new`
     (a run of one setting keeps the other settings measured earlier that day)."""
-    def key(row):
-        return json.dumps([row.get(k) for k in SETTING_KEYS])
+    def key(row):  # rows from before the memory_read setting ran the dense read
+        return json.dumps([row.get(k, "dense" if k == "memory_read" else None) for k in SETTING_KEYS])
 
     replaced = {key(r) for r in new}
     return [r for r in old if key(r) not in replaced] + list(new)
@@ -136,7 +138,8 @@ def _mem(row) -> str:
 
 
 def _same_setting(a: dict, b: dict) -> bool:
-    keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3", "prepared_kernels")
+    keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3", "prepared_kernels",
+            "memory_read")
     return all(a.get(k) == b.get(k) for k in keys)
 
 
@@ -172,7 +175,9 @@ def markdown(report: dict) -> str:
         "time, so with Winograd convs they can pass the GEMM peak (fewer multiplications than credited). "
         "3x3 convs: their algorithm (`model.conv3x3`; 'prepared': the Winograd kernel transforms computed once "
         "per set of parameters, `InferenceEngine.prepare`, not in every frame; rows of older runs say 'decoder "
-        "only' when only the decoder's convs could use Winograd). "
+        "only' when only the decoder's convs could use Winograd). Memory read: `model.memory_read` ('auto': the "
+        "blocked online softmax on XLA:CPU when the memory spans more than one 4 MiB block of logits, else dense; "
+        "rows of runs before the setting existed say 'dense', the only read then). "
         "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
         "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
         "Recompiled: the jit cache grew during the timed loop.",
@@ -190,15 +195,15 @@ def markdown(report: dict) -> str:
         lines += [
             "## Inference: one frame (the engine's jitted step)",
             "",
-            "| config | image -> bucket | objects | memory frames | dtype | 3x3 convs | ms/frame | FPS | compile s "
-            "| GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
-            "| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| config | image -> bucket | objects | memory frames | dtype | 3x3 convs | memory read | ms/frame | FPS "
+            "| compile s | GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["inference"]:
             lines.append(
                 f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
                 f"| {r['objects']} | {r['memory_frames']} | {r['dtype']} | {common.conv_label(r)} "
-                f"| {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {common.read_label(r)} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['fps'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 1, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")
         lines += ["", "MFU against: " + _peaks(report["inference"]), ""]
@@ -209,15 +214,16 @@ def markdown(report: dict) -> str:
             "Frames already on the device; the engine's memory (a bank of `capacity` slots, every one read "
             "in every frame).",
             "",
-            "| config | image -> bucket | objects | frames | capacity | dtype | 3x3 convs | ms/video | ms/frame | FPS "
-            "| compile s | GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
-            "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| config | image -> bucket | objects | frames | capacity | dtype | 3x3 convs | memory read | ms/video "
+            "| ms/frame | FPS | compile s | GFLOP/frame | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+            "| --- |",
         ]
         for r in report["video"]:
             lines.append(
                 f"| {r['config']} | {r['image'][0]}x{r['image'][1]} -> {r['bucket'][0]}x{r['bucket'][1]} "
                 f"| {r['objects']} | {r['frames']} | {r['capacity']} | {r['dtype']} | {common.conv_label(r)} "
-                f"| {_f(r['median_ms'])} ({_f(r['min_ms'])}) | {_f(r['ms_per_frame'], 2)} | {_f(r['fps'], 2)} "
+                f"| {common.read_label(r)} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) | {_f(r['ms_per_frame'], 2)} | {_f(r['fps'], 2)} "
                 f"| {_f(r['compile_s'])} | {_f(None if r['gflops'] is None else r['gflops'] / r['frames'])} "
                 f"| {_f(r['achieved_gflops_per_s'])} | {_f(r['mfu'], 1, 100)}% | {_mem(r)} "
                 f"| {r['recompiled_after_warmup']} |")
@@ -231,36 +237,37 @@ def markdown(report: dict) -> str:
             "(no MU-Layer / MSAM); float32, random weights, flush-to-zero. munet_jax: the inference rows above "
             "(its frame also runs the MU-Layer and MSAM, and is padded to the engine's bucket).",
             "",
-            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax 3x3 convs | munet_jax ms/frame "
-            "| speed-up (STM / munet_jax, medians) |",
-            "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax 3x3 convs | munet_jax "
+            "memory read | munet_jax ms/frame | speed-up (STM / munet_jax, medians) |",
+            "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
         ]
         for stm, r in pairs:
             lines.append(
                 f"| {stm['size'][0]}x{stm['size'][1]} (munet_jax: {r['image'][0]}x{r['image'][1]} -> "
                 f"{r['bucket'][0]}x{r['bucket'][1]}) | {stm['objects']} | {stm['memory_frames']} "
                 f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {common.conv_label(r)} "
-                f"| {_f(r['median_ms'])} | {_f(stm['median_ms'] / r['median_ms'], 2)}x |")
+                f"| {common.read_label(r)} | {_f(r['median_ms'])} | {_f(stm['median_ms'] / r['median_ms'], 2)}x |")
         lines.append("")
     if report.get("parts"):
         lines += [
             "## Parts of a frame, each jitted alone",
             "",
-            "| config | bucket | objects | memory frames | dtype | 3x3 convs | part | ms | share of frame | GFLOP "
-            "| compile s |",
-            "| --- | --- | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+            "| config | bucket | objects | memory frames | dtype | 3x3 convs | memory read | part | ms | share of frame "
+            "| GFLOP | compile s |",
+            "| --- | --- | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
         ]
         for r in report["parts"]:
             share = r.get("share_of_frame")
             lines.append(
                 f"| {r['config']} | {r['bucket'][0]}x{r['bucket'][1]} | {r['objects']} | {r['memory_frames']} "
-                f"| {r['dtype']} | {common.conv_label(r)} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
+                f"| {r['dtype']} | {common.conv_label(r)} | {common.read_label(r)} | {r['part']} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(share, 1, 100) + '%' if share is not None else ''} "
                 f"| {_f(None if r.get('flops') is None else r['flops'] / 1e9, 2)} | {_f(r.get('compile_s'))} |")
         for r in report["parts"]:
             if "mu_layer_plus_msam_share" in r:
                 lines.append("")
-                lines.append(f"{r['config']} {r['dtype']} 3x3 convs {common.conv_label(r)}: "
+                lines.append(f"{r['config']} {r['dtype']} 3x3 convs {common.conv_label(r)}, memory read "
+                             f"{common.read_label(r)}: "
                              f"MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
                              f"of the summed frame; slowest part: {r['slowest_part']}. cost_volume is inside mu_layer.")
                 step = _matching_step(report, r)
@@ -275,15 +282,15 @@ def markdown(report: dict) -> str:
         lines += [
             "## Training step (clip unroll + loss + AdamW)",
             "",
-            "| config | clip | objects | dtype | 3x3 convs | batch/device (global) | ms/step | clips/s | compile s "
-            "| GFLOP/step | GFLOP/s | MFU | memory MiB | recompiled |",
-            "| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| config | clip | objects | dtype | 3x3 convs | memory read | batch/device (global) | ms/step | clips/s "
+            "| compile s | GFLOP/step | GFLOP/s | MFU | memory MiB | recompiled |",
+            "| --- | --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         for r in report["training"]:
             searched = _batch_origin(r)
             lines.append(
                 f"| {r['config']} | {r['clip'][0]}x{r['clip'][1]}x{r['clip'][2]} | {r['objects']} | {r['dtype']} "
-                f"| {common.conv_label(r)} "
+                f"| {common.conv_label(r)} | {common.read_label(r)} "
                 f"| {r['per_device_batch']} ({r['global_batch']}){searched} | {_f(r['median_ms'])} ({_f(r['min_ms'])}) "
                 f"| {_f(r['clips_per_s'], 2)} | {_f(r['compile_s'])} | {_f(r['gflops'])} | {_f(r['achieved_gflops_per_s'])} "
                 f"| {_f(r['mfu'], 2, 100)}% | {_mem(r)} | {r['recompiled_after_warmup']} |")

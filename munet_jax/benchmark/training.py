@@ -54,10 +54,10 @@ def make_batch(batch_size: int, mesh, crop=CROP, length=CLIP_LENGTH, k=NUM_OBJEC
     return jax.device_put(host, batch_sharded(mesh))
 
 
-def _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3=None):
+def _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3=None, memory_read=None):
     """(jitted step, (state, batch)) at a per-device batch, placed on the mesh as train.py places them."""
     mesh = make_mesh()
-    model = models.build(tiny, dtype, conv3x3)
+    model = models.build(tiny, dtype, conv3x3, memory_read)
     optimizer, schedule = make_optimizer(optim_config(), 1000)
     # A replicated copy: the step donates the state, and the cached variables serve the next run.
     variables = jax.device_put(jax.tree_util.tree_map(jnp.copy, models.variables(tiny, NUM_OBJECTS)), replicated(mesh))
@@ -67,15 +67,15 @@ def _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3=None):
     return step, (state, batch), (mesh, optimizer, schedule)
 
 
-def _time(tiny, dtype, batch_size, repeats, crop, conv3x3=None):
-    step, args, (mesh, optimizer, schedule) = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3)
-    # Model FLOPs: the same step with direct convolutions, lowered only (as inference does).
-    counted = jit_train_step(models.build(tiny, dtype, "direct"), optimizer, schedule, loss_config(), mesh)
+def _time(tiny, dtype, batch_size, repeats, crop, conv3x3=None, memory_read=None):
+    step, args, (mesh, optimizer, schedule) = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3, memory_read)
+    # Model FLOPs: the same step as `models.counting_model`, lowered only (as inference does).
+    counted = jit_train_step(models.counting_model(tiny, dtype), optimizer, schedule, loss_config(), mesh)
     flops = common.model_flops(counted, args)
     return common.measure(step, args, repeats, carry=lambda a, r: (r[0], a[1]), flops=flops)
 
 
-def compiled_step_bytes(tiny, dtype, batch_size, crop, conv3x3=None) -> float:
+def compiled_step_bytes(tiny, dtype, batch_size, crop, conv3x3=None, memory_read=None) -> float:
     """Per-device bytes of the compiled train step (XLA memory analysis: arguments + outputs -
     donated + temporaries) at a per-device batch; inf where even compiling runs out of memory.
 
@@ -84,7 +84,7 @@ def compiled_step_bytes(tiny, dtype, batch_size, crop, conv3x3=None) -> float:
     so the timed program, compiled normally, records its own memory analysis beside the fit
     (`batch_fit['timed_program_gb']`).
     """
-    step, args, _ = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3)
+    step, args, _ = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3, memory_read)
     options = {"xla_gpu_autotune_level": 0} if jax.default_backend() == "gpu" else None
     try:
         memory = common.compiled_memory(step.lower(*args).compile(compiler_options=options))
@@ -147,14 +147,16 @@ def run(args) -> list[dict]:
     crop = common.parse_size(args.train_size)
     rows = []
     on_accelerator = jax.default_backend() != "cpu"
-    for dtype, conv in ((d, c) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.conv3x3)):
+    settings = [(d, c, r) for d in common.parse_strs(args.dtype) for c in common.parse_strs(args.conv3x3)
+                for r in common.parse_strs(args.memory_read)]
+    for dtype, conv, read in settings:
         fit = None
         if (on_accelerator or args.fit_batch) and not args.batch:
             # The budget (default: 90% of an 80 GB GPU), or less where this device has less.
             limit = common.device_memory_limit()
             budget = min(args.memory_budget_gb * GB, limit or float("inf"))
             batch, seen = largest_batch_under(
-                lambda b: compiled_step_bytes(args.tiny, dtype, b, crop, conv), budget, args.max_batch)
+                lambda b: compiled_step_bytes(args.tiny, dtype, b, crop, conv, read), budget, args.max_batch)
             fit = {"budget_gb": budget / GB, "device_limit_gb": None if limit is None else limit / GB,
                    "compiled_gb": {str(b): v / GB for b, v in sorted(seen.items())},
                    "per_clip_gb": (seen[2] - seen[1]) / GB if 2 in seen else None}
@@ -169,7 +171,7 @@ def run(args) -> list[dict]:
         timing = None
         while timing is None and batch > 0:
             try:
-                timing = _time(args.tiny, dtype, batch, args.repeats, crop, conv)
+                timing = _time(args.tiny, dtype, batch, args.repeats, crop, conv, read)
             except Exception as error:  # noqa: BLE001 - the analysis can miss the allocator's overheads
                 if fit is None or not _too_big(error):
                     raise
@@ -183,13 +185,13 @@ def run(args) -> list[dict]:
         clips = batch * jax.device_count()
         row = {
             "config": "tiny" if args.tiny else "full", "clip": [CLIP_LENGTH, *crop], "objects": NUM_OBJECTS,
-            "dtype": dtype, "conv3x3": conv, "per_device_batch": batch, "global_batch": clips,
+            "dtype": dtype, "conv3x3": conv, "memory_read": read, "per_device_batch": batch, "global_batch": clips,
             "batch_fit": fit,
             "clips_per_s": clips / (timing.median_ms / 1e3),
             **timing.to_dict(), **common.utilisation(timing, dtype, args.peak_gflops),
         }
         rows.append(row)
-        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype} conv3x3 {conv}: "
+        print(f"training {row['config']} {CLIP_LENGTH}x{crop[0]}x{crop[1]} batch {clips} {dtype} conv3x3 {conv}, read {read}: "
               f"{timing.median_ms:.1f} ms/step (min {timing.min_ms:.1f}), {row['clips_per_s']:.2f} clips/s, "
               f"compile {timing.compile_s:.1f} s, "
               f"{'n/a' if timing.flops is None else f'{timing.flops / 1e9:.1f}'} GFLOP/step, "

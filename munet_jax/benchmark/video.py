@@ -56,30 +56,31 @@ def run(args) -> list[dict]:
         object_valid = jnp.arange(slots) < k
         image_hw = jnp.asarray(size, jnp.int32)
         batch = []
-        for (dtype, conv, prepared), (model, model_vars) in variants.items():
+        for variant, (model, model_vars) in variants.items():
             program = jax.jit(functools.partial(video_program, model, icfg.capacity, icfg.mem_every, False))
             batch.append(common.Program(program, (model_vars, frames, labels, image_hw, object_valid),
-                                        flops=_video_flops(args.tiny, dtype, icfg, variables, frames, labels,
+                                        flops=_video_flops(args.tiny, variant.dtype, icfg, variables, frames, labels,
                                                            image_hw, object_valid)))
         names = list(variants)
-        for (dtype, conv, prepared), timing in zip(names, common.measure_many(batch, args.repeats)):
+        for variant, timing in zip(names, common.measure_many(batch, args.repeats)):
             row = {
                 "image": list(size), "bucket": list(bucket), "objects": k, "object_slots": slots, "frames": n,
                 "capacity": icfg.capacity, "mem_every": icfg.mem_every,
                 "fps": n / (timing.median_ms / 1e3), "ms_per_frame": timing.median_ms / n,
-                **models.variant_row(args, (dtype, conv, prepared), names, timing),
+                **models.variant_row(args, variant, names, timing),
             }
             rows.append(row)
             print(f"video {row['config']} {n} frames {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} "
-                  f"{dtype} conv3x3 {common.conv_label(row)}: {timing.median_ms:.1f} ms per video, "
+                  f"{variant.dtype} conv3x3 {common.conv_label(row)}, read {variant.memory_read}: "
+                  f"{timing.median_ms:.1f} ms per video, "
                   f"{row['ms_per_frame']:.2f} ms/frame, {row['fps']:.2f} FPS, compile {timing.compile_s:.1f} s, "
                   f"recompiled={timing.recompiled}", flush=True)
     return rows
 
 
 def _video_flops(tiny, dtype, icfg, variables, frames, labels, image_hw, object_valid) -> float | None:
-    """Model FLOPs of the whole video: init + (T - 1) steps, each lowered alone with direct convs."""
-    model = models.build(tiny, dtype, "direct")
+    """Model FLOPs of the whole video: init + (T - 1) steps, each lowered alone (`models.counting_model`)."""
+    model = models.counting_model(tiny, dtype)
     init = jax.jit(functools.partial(init_state, model, icfg.capacity))
     init_flops = common.model_flops(init, (variables, frames[0], labels, image_hw, object_valid))
     state, _ = jax.eval_shape(init, variables, frames[0], labels, image_hw, object_valid)

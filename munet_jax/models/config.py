@@ -48,6 +48,11 @@ def munet_config() -> ml_collections.ConfigDict:
     # elsewhere and on GPU/TPU; 'direct' always lax.conv; 'winograd' every stride-1 3x3 conv
     # (munet_jax.models.winograd). Run configs from before this field have `decoder_conv`.
     c.conv3x3 = "auto"
+    # How the memory read runs (same values up to float rounding whichever): 'auto' = an
+    # online softmax over blocks of memory frames on XLA:CPU when the memory spans more than
+    # one block (the logits stay in cache), the whole affinity at once elsewhere and on
+    # GPU/TPU; 'dense' or 'blocked' always (munet_jax.models.memory).
+    c.memory_read = "auto"
 
     # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).
     c.dtype = "float32"

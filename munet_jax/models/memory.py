@@ -15,6 +15,21 @@ video); `mem_valid [B, T]` marks the filled slots. Invalid slots are removed
 from the softmax with `where` (not an additive -1e9, which would still give
 them weight in a row with no valid slot) and their values are zeroed, so
 whatever an empty slot holds - zeros, stale frames, NaN - has no effect.
+
+Two ways to compute the same read (`algorithm`):
+  'dense'    the [B, THW, HW] affinity at once: one GEMM, the softmax, one GEMM.
+  'blocked'  a loop over blocks of memory frames with an online softmax (a
+             running max, sum and weighted sum per query pixel, rescaled when
+             the max grows; Milakov & Gimelshein 2018, as in FlashAttention).
+             Each block's logits ([g*Hm*Wm, HW], <= `BLOCK_BYTES`) stay in the
+             CPU's cache between the GEMMs and the softmax passes instead of
+             going through memory several times: on a 2-core EPYC at 480p with
+             20 memory frames, 342-373 -> 209-221 ms (demo model, 32/64
+             channels) and 750-772 -> 611-645 ms (full model).
+  'auto'     'blocked' on XLA:CPU when the memory is more than one block,
+             'dense' otherwise and on GPU/TPU (one large GEMM per step suits
+             them better than a loop of small ones).
+Both give the same values up to float rounding, and the same gradients.
 """
 
 from __future__ import annotations
@@ -84,6 +99,64 @@ def _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value) -> None:
         raise ValueError(f"value channels differ: memory {mem_values.shape[-1]}, query {q_value.shape[-1]}")
 
 
+READ_ALGORITHMS = ("auto", "dense", "blocked")
+BLOCK_BYTES = 4 * 2**20  # float32 logits of one block: well inside a CPU's L3 (and near its L2 on many)
+
+
+def frames_per_block(t: int, positions_per_frame: int, queries: int, block_bytes: int = BLOCK_BYTES) -> int:
+    """The largest divisor g of T whose block of logits, g * Hm*Wm * HW float32, fits
+    `block_bytes`; 1 if even one frame does not (then the block is one frame)."""
+    per_frame = positions_per_frame * queries * 4
+    return max([g for g in range(1, t + 1) if t % g == 0 and g * per_frame <= block_bytes], default=1)
+
+
+def _blocked(algorithm: str, t: int, g: int) -> bool:
+    if algorithm not in READ_ALGORITHMS:
+        raise ValueError(f"memory read algorithm {algorithm!r}: choose one of {READ_ALGORITHMS}")
+    if algorithm == "auto":
+        return jax.default_backend() == "cpu" and t // g > 1
+    return algorithm == "blocked"
+
+
+def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
+    """`_read`'s read [B, HW, Cv] float32 by an online softmax over blocks of g memory frames."""
+    b, t, h_m, w_m, ck = mem_keys.shape
+    cv = mem_values.shape[-1]
+    m = g * h_m * w_m  # memory positions per block
+    hw = q_key.shape[1] * q_key.shape[2]
+    mk = mem_keys.reshape(b, t * h_m * w_m, ck)
+    mv = mem_values.reshape(b, t * h_m * w_m, cv)
+    qk = q_key.reshape(b, hw, ck)
+    # [B, THW] slot-major, as the reshapes above.
+    pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, t * h_m * w_m)
+    scale = 1.0 / jnp.sqrt(jnp.float32(ck))
+
+    def block(carry, i):
+        run_max, run_sum, acc = carry  # [B, HW], [B, HW], [B, HW, Cv] float32
+        k = jax.lax.dynamic_slice_in_dim(mk, i * m, m, axis=1)  # [B, m, Ck]
+        v = jax.lax.dynamic_slice_in_dim(mv, i * m, m, axis=1)  # [B, m, Cv]
+        ok = jax.lax.dynamic_slice_in_dim(pos_valid, i * m, m, axis=1)  # [B, m]
+        logits = jnp.einsum("bmc,bqc->bmq", k, qk, preferred_element_type=jnp.float32).astype(jnp.float32) * scale
+        logits = jnp.where(ok[:, :, None], logits, -jnp.inf)  # [B, m, HW]
+        # The shift only keeps exp in range: its value cancels in sum(e v) / sum(e), so
+        # it carries no gradient. -inf while no valid position has been seen: shift by 0.
+        new_max = jax.lax.stop_gradient(jnp.maximum(run_max, jnp.max(logits, axis=1)))
+        shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+        rescale = jnp.exp(jnp.where(jnp.isfinite(run_max), run_max, shift) - shift)  # <= 1; 1 before any valid
+        e = jnp.exp(logits - shift[:, None, :])  # [B, m, HW]; 0 at invalid positions
+        v = jnp.where(ok[:, :, None], v, 0)  # no 0 * NaN from an empty slot's garbage
+        read = jnp.einsum("bmq,bmv->bqv", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        run_sum = run_sum * rescale + jnp.sum(e, axis=1)
+        acc = acc * rescale[..., None] + read.astype(jnp.float32)
+        return (new_max, run_sum, acc), None
+
+    init = (jnp.full((b, hw), -jnp.inf, jnp.float32), jnp.zeros((b, hw), jnp.float32),
+            jnp.zeros((b, hw, cv), jnp.float32))
+    (_, total, acc), _ = jax.lax.scan(block, init, jnp.arange(t // g))
+    # A row without any valid position has total 0 and acc 0: it reads zeros.
+    return acc / jnp.where(total > 0, total, 1.0)[..., None]
+
+
 def _read(mem_keys, mem_values, mem_valid, q_key):
     """Shared core: (read [B, HW, Cv] float32, weights [B, THW, HW] float32)."""
     b, t, h_m, w_m, ck = mem_keys.shape
@@ -149,6 +222,8 @@ def memory_read(
     mem_valid: jax.Array,
     q_key: jax.Array,
     q_value: jax.Array,
+    algorithm: str = "auto",
+    block_bytes: int = BLOCK_BYTES,
 ) -> jax.Array:
     """Space-time memory read, concatenated with the query value.
 
@@ -157,9 +232,16 @@ def memory_read(
     concat(read, q_value) in q_value's dtype. (Hm, Wm is the query's H, W in
     MUNet; any memory resolution works.) The similarity and the softmax are
     float32 whatever the input dtype. A row without any valid slot reads zeros.
+    `algorithm` ('auto', 'dense', 'blocked': see the module doc) and
+    `block_bytes` (the blocked read's logits per block) change only the speed.
     """
     _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
     b, h, w = q_key.shape[:3]
-    read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
+    t, h_m, w_m = mem_keys.shape[1:4]
+    g = frames_per_block(t, h_m * w_m, h * w, block_bytes)
+    if _blocked(algorithm, t, g):
+        read = _read_blocked(mem_keys, mem_values, mem_valid, q_key, g)
+    else:
+        read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
     read = read.reshape(b, h, w, -1).astype(q_value.dtype)
     return jnp.concatenate([read, q_value], axis=-1)

@@ -176,6 +176,7 @@ class MUNet(nn.Module):
             mem_valid.reshape(b * k, t),
             per_object(q_key),
             per_object(q_value),
+            algorithm=self.config.get("memory_read", "auto"),  # run configs from before the field: 'auto'
         )
         # The skips stay one per frame: the decoder runs their branch once and repeats it over K.
         logits2 = self.decoder(read, query["res3"], query["res2"])  # [B*K, Hp, Wp, 2]
