@@ -158,6 +158,7 @@ def test_memory_read_variants_share_the_dense_model_flops(tmp_path):
     assert rows["blocked"]["timed_with"] == ["float32/direct/read dense", "float32/direct/read blocked"]
     (md_path,) = tmp_path.glob("*.md")
     assert "| direct | blocked |" in md_path.read_text()
+    assert rows["dense"]["memory_read_ran"] == "dense" and rows["blocked"]["memory_read_ran"] == "blocked"
 
 
 def test_cpu_peak_is_measured():
@@ -273,3 +274,6 @@ def test_rows_from_before_memory_read_count_as_dense_when_merged():
            {"config": "full", "objects": 1, "memory_frames": 20, "memory_read": "auto", "median_ms": 4.0}]
     merged = report.merge_rows(old, new)
     assert [r["median_ms"] for r in merged] == [2.0, 3.0, 4.0]
+    assert common.read_label({"memory_read": "auto", "memory_read_ran": "blocked"}) == "auto (blocked)"
+    assert common.read_label({"memory_read": "dense", "memory_read_ran": "dense"}) == "dense"
+    assert common.read_label({}) == "dense"

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from munet_jax.models.memory import KeyValue, frames_per_block, memory_read, memory_read_with_weights
+from munet_jax.models.memory import (KeyValue, frames_per_block, memory_read, memory_read_with_weights,
+                                     resolved_algorithm)
 
 # The two ways to compute the read; block_bytes=1 makes every memory frame its own block.
 ALGORITHMS = pytest.mark.parametrize("how", [dict(algorithm="dense"), dict(algorithm="blocked", block_bytes=1)],
@@ -164,6 +165,13 @@ def test_frames_per_block_and_when_auto_loops():
     assert frames_per_block(20, 405, 405) == 5
     assert frames_per_block(7, 405, 405) == 1  # 7 is prime and 7 frames exceed the block
     assert frames_per_block(4, 16, 16) == 4  # small maps: all in one block
+    cpu = jax.default_backend() == "cpu"
+    # 'auto': blocked on CPU for several blocks of narrow keys + values (the tiny model's 16 + 32)...
+    assert resolved_algorithm("auto", 20, 1620, 1620, 48) == ("blocked" if cpu else "dense")
+    # ...dense for one block, or for the full model's 128 + 512 channels (no faster in its frame).
+    assert resolved_algorithm("auto", 4, 16, 16, 48) == "dense"
+    assert resolved_algorithm("auto", 20, 1620, 1620, 640) == "dense"
+    assert resolved_algorithm("blocked", 1, 1, 1, 640) == "blocked"
     rng = np.random.default_rng(6)
     mk, mv = _rand(rng, 1, 4, 4, 4, 8), _rand(rng, 1, 4, 4, 4, 8)
     qk, qv = _rand(rng, 1, 4, 4, 8), _rand(rng, 1, 4, 4, 8)

@@ -319,6 +319,8 @@ def conv_label(row: dict) -> str:
 
 
 def read_label(row: dict) -> str:
-    """How a result row ran its memory read (`model.memory_read`; rows before the setting: dense)."""
-    return row.get("memory_read", "dense")
+    """How a result row ran its memory read: the `model.memory_read` setting, with what
+    'auto' chose in brackets ('auto (blocked)'); rows before the setting: dense."""
+    setting, ran = row.get("memory_read", "dense"), row.get("memory_read_ran")
+    return setting if ran is None or ran == setting else f"{setting} ({ran})"
 

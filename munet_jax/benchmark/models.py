@@ -13,6 +13,7 @@ import ml_collections
 
 from munet_jax.benchmark.common import parse_strs, utilisation
 from munet_jax.models.config import munet_config, tiny_munet_config
+from munet_jax.models.memory import resolved_algorithm
 from munet_jax.models.munet import build_model, init_variables, with_prepared_kernels
 from munet_jax.models.winograd import PREPARED
 
@@ -50,6 +51,14 @@ def counting_model(tiny: bool, dtype: str):
     convolutions (Winograd does fewer multiplications) and the dense memory read (the
     blocked read is a loop, whose body XLA counts once)."""
     return build(tiny, dtype, "direct", "dense")
+
+
+def read_ran(tiny: bool, memory_read: str, memory_frames: int, bucket) -> str:
+    """The memory read a frame at `bucket` ([H, W], stride-16 features) with that many
+    memory frames runs for the `memory_read` setting: 'dense' or 'blocked'."""
+    cfg = model_config(tiny, "float32")
+    positions = (bucket[0] // 16) * (bucket[1] // 16)
+    return resolved_algorithm(memory_read, memory_frames, positions, positions, cfg.key_dim + cfg.value_dim)
 
 
 def inference_variants(args, variables: dict) -> dict:

@@ -91,7 +91,8 @@ def run(args) -> list[dict]:
         counted = _programs(models.counting_model(args.tiny, dtype), variables, k, t, bucket)
         measured = {}
         setting = {"dtype": dtype, "conv3x3": variant.conv3x3, "prepared_kernels": variant.prepared,
-                   "memory_read": variant.memory_read}
+                   "memory_read": variant.memory_read,
+                   "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket)}
         for name, (program, call_args) in _programs(model, model_vars, k, t, bucket).items():
             timing = common.measure(program, call_args, args.repeats,
                                     flops=common.model_flops(counted[name][0], counted[name][1]))

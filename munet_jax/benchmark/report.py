@@ -175,9 +175,10 @@ def markdown(report: dict) -> str:
         "time, so with Winograd convs they can pass the GEMM peak (fewer multiplications than credited). "
         "3x3 convs: their algorithm (`model.conv3x3`; 'prepared': the Winograd kernel transforms computed once "
         "per set of parameters, `InferenceEngine.prepare`, not in every frame; rows of older runs say 'decoder "
-        "only' when only the decoder's convs could use Winograd). Memory read: `model.memory_read` ('auto': the "
-        "blocked online softmax on XLA:CPU when the memory spans more than one 4 MiB block of logits, else dense; "
-        "rows of runs before the setting existed say 'dense', the only read then). "
+        "only' when only the decoder's convs could use Winograd). Memory read: `model.memory_read`, with what 'auto' ran "
+        "in brackets (the blocked online softmax on XLA:CPU when the memory spans more than one 4 MiB block of "
+        "logits and keys + values have at most 256 channels, else dense); rows of runs before the setting "
+        "existed say 'dense', the only read then. "
         "Memory MiB: the device allocator's peak so far in the process where the backend reports it (GPU), "
         "else the compiled program's arguments + outputs - aliased + temporaries (`memory_analysis()`). "
         "Recompiled: the jit cache grew during the timed loop.",

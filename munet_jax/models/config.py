@@ -50,8 +50,9 @@ def munet_config() -> ml_collections.ConfigDict:
     c.conv3x3 = "auto"
     # How the memory read runs (same values up to float rounding whichever): 'auto' = an
     # online softmax over blocks of memory frames on XLA:CPU when the memory spans more than
-    # one block (the logits stay in cache), the whole affinity at once elsewhere and on
-    # GPU/TPU; 'dense' or 'blocked' always (munet_jax.models.memory).
+    # one block and keys + values have <= 256 channels (the logits stay in cache; the tiny and
+    # demo models), the whole affinity at once elsewhere (the full model) and on GPU/TPU;
+    # 'dense' or 'blocked' always (munet_jax.models.memory).
     c.memory_read = "auto"
 
     # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).

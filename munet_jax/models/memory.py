@@ -23,12 +23,16 @@ Two ways to compute the same read (`algorithm`):
              the max grows; Milakov & Gimelshein 2018, as in FlashAttention).
              Each block's logits ([g*Hm*Wm, HW], <= `BLOCK_BYTES`) stay in the
              CPU's cache between the GEMMs and the softmax passes instead of
-             going through memory several times: on a 2-core EPYC at 480p with
-             20 memory frames, 342-373 -> 209-221 ms (demo model, 32/64
-             channels) and 750-772 -> 611-645 ms (full model).
-  'auto'     'blocked' on XLA:CPU when the memory is more than one block,
-             'dense' otherwise and on GPU/TPU (one large GEMM per step suits
-             them better than a loop of small ones).
+             going through memory several times.
+  'auto'     'blocked' on XLA:CPU where that pays: the memory spans more than
+             one block and the keys + values are narrow (<= `BLOCKED_MAX_CHANNELS`
+             channels), so the softmax's passes, not the GEMMs, dominate; 'dense'
+             otherwise and on GPU/TPU (one large GEMM per step suits them better
+             than a loop of small ones). Measured on a 2-core EPYC at 480p with
+             20 memory frames: the tiny model's frame (16 + 32 channels) 385 ->
+             303 ms; the read of the demo model (32 + 64) alone 342-373 -> 209-221
+             ms; the full model's (128 + 512) alone 750-772 -> 611-645 ms, but its
+             whole frame not faster (2507 vs 2543 ms, video 2040 vs 2136 ms/frame).
 Both give the same values up to float rounding, and the same gradients.
 """
 
@@ -101,6 +105,7 @@ def _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value) -> None:
 
 READ_ALGORITHMS = ("auto", "dense", "blocked")
 BLOCK_BYTES = 4 * 2**20  # float32 logits of one block: well inside a CPU's L3 (and near its L2 on many)
+BLOCKED_MAX_CHANNELS = 256  # 'auto' blocks only reads with Ck + Cv up to this (see the module doc)
 
 
 def frames_per_block(t: int, positions_per_frame: int, queries: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -110,12 +115,17 @@ def frames_per_block(t: int, positions_per_frame: int, queries: int, block_bytes
     return max([g for g in range(1, t + 1) if t % g == 0 and g * per_frame <= block_bytes], default=1)
 
 
-def _blocked(algorithm: str, t: int, g: int) -> bool:
+def resolved_algorithm(algorithm: str, t: int, positions_per_frame: int, queries: int, channels: int,
+                       block_bytes: int = BLOCK_BYTES) -> str:
+    """What `memory_read(algorithm=...)` runs ('dense' or 'blocked') for T memory frames of
+    Hm*Wm positions, HW query pixels and Ck + Cv key + value `channels` (see the module doc)."""
     if algorithm not in READ_ALGORITHMS:
         raise ValueError(f"memory read algorithm {algorithm!r}: choose one of {READ_ALGORITHMS}")
-    if algorithm == "auto":
-        return jax.default_backend() == "cpu" and t // g > 1
-    return algorithm == "blocked"
+    if algorithm != "auto":
+        return algorithm
+    several_blocks = t // frames_per_block(t, positions_per_frame, queries, block_bytes) > 1
+    narrow = channels <= BLOCKED_MAX_CHANNELS
+    return "blocked" if jax.default_backend() == "cpu" and several_blocks and narrow else "dense"
 
 
 def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
@@ -238,9 +248,9 @@ def memory_read(
     _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
     b, h, w = q_key.shape[:3]
     t, h_m, w_m = mem_keys.shape[1:4]
-    g = frames_per_block(t, h_m * w_m, h * w, block_bytes)
-    if _blocked(algorithm, t, g):
-        read = _read_blocked(mem_keys, mem_values, mem_valid, q_key, g)
+    channels = mem_keys.shape[-1] + mem_values.shape[-1]
+    if resolved_algorithm(algorithm, t, h_m * w_m, h * w, channels, block_bytes) == "blocked":
+        read = _read_blocked(mem_keys, mem_values, mem_valid, q_key, frames_per_block(t, h_m * w_m, h * w, block_bytes))
     else:
         read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
     read = read.reshape(b, h, w, -1).astype(q_value.dtype)
