@@ -201,3 +201,21 @@ def test_one_process_save_compiles_nothing_and_round_trips(tmp_path):
     ckpt.close()
     assert saving == 0, f"the save compiled {saving} programs"
     assert_trees_equal(host_tree(restored), host)
+
+
+def test_one_process_handler_switch_logs_no_warning(caplog):
+    import copy
+
+    import orbax.checkpoint as ocp
+
+    from munet_jax.training import checkpoint
+
+    # Start from a replica-parallel handler (orbax's default on CPU), as a fresh process does.
+    default = copy.copy(ocp.type_handlers.get_type_handler(jax.Array))
+    default._use_replica_parallel = True
+    ocp.type_handlers.register_type_handler(jax.Array, default, override=True)
+    caplog.clear()  # the set-up's own override warned
+    with caplog.at_level("WARNING"):
+        checkpoint._write_one_replica_in_one_process()
+    assert ocp.type_handlers.get_type_handler(jax.Array)._use_replica_parallel is False
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30]

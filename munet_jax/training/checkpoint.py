@@ -45,7 +45,14 @@ def _write_one_replica_in_one_process() -> None:
     if getattr(handler, "_use_replica_parallel", False):
         single = copy.copy(handler)
         single._use_replica_parallel = False
-        ocp.type_handlers.register_type_handler(jax.Array, single, override=True)
+        # Orbax logs a warning (through absl's logger) for every override; this one is intended.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            ocp.type_handlers.register_type_handler(jax.Array, single, override=True)
+        finally:
+            absl_logger.setLevel(level)
 
 
 class Checkpointer:
