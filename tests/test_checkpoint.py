@@ -191,12 +191,19 @@ def test_one_process_save_compiles_nothing_and_round_trips(tmp_path):
                       opt_state={"mu": rng.normal(size=(16, 6)).astype(np.float32)})
     state = jax.device_put(host, replicated(mesh))
     compiles = []
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda name, secs, **kw: compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
-    ckpt = Checkpointer(tmp_path, max_to_keep=None)
-    ckpt.save(state, 7)
-    ckpt.wait()
-    saving = len(compiles)
+
+    def listener(name, secs, **kw):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        ckpt = Checkpointer(tmp_path, max_to_keep=None)
+        ckpt.save(state, 7)
+        ckpt.wait()
+        saving = len(compiles)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
     restored = ckpt.restore(state, replicated(mesh))
     ckpt.close()
     assert saving == 0, f"the save compiled {saving} programs"

@@ -318,9 +318,14 @@ def conv_label(row: dict) -> str:
     return row["conv3x3"] + (", prepared" if row.get("prepared_kernels") else "")
 
 
+def memory_read_setting(row: dict) -> str:
+    """A result row's `model.memory_read`; rows of runs before the setting existed ran the dense read."""
+    return row.get("memory_read", "dense")
+
+
 def read_label(row: dict) -> str:
-    """How a result row ran its memory read: the `model.memory_read` setting, with what
-    'auto' chose in brackets ('auto (blocked)'); rows before the setting: dense."""
-    setting, ran = row.get("memory_read", "dense"), row.get("memory_read_ran")
+    """How a result row ran its memory read: the setting, with what 'auto' chose in
+    brackets ('auto (blocked)')."""
+    setting, ran = memory_read_setting(row), row.get("memory_read_ran")
     return setting if ran is None or ran == setting else f"{setting} ({ran})"
 

@@ -75,13 +75,14 @@ def run(args) -> list[dict]:
         no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
         for t in common.parse_ints(args.memory):
             # Every dtype / conv variant of this setting, timed interleaved (common.measure_many).
-            batch = []
+            batch, flops = [], {}  # model FLOPs lowered once per dtype, not per variant
             for variant in variants:
                 model, model_vars, program = programs[variant]
                 call_args = (model_vars, full_state(model, k, t, bucket, size), frame, *no_new)
-                counted_args = (variables,) + call_args[1:]
+                if variant.dtype not in flops:
+                    flops[variant.dtype] = common.model_flops(counted[variant.dtype], (variables,) + call_args[1:])
                 batch.append(common.Program(program, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]),
-                                            flops=common.model_flops(counted[variant.dtype], counted_args)))
+                                            flops=flops[variant.dtype]))
             for variant, timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,

@@ -85,17 +85,19 @@ def run(args) -> list[dict]:
     t = int(args.parts_memory)
     variables = models.variables(args.tiny)
     rows = []
+    part_flops = {}  # dtype -> part -> model FLOPs, lowered once per dtype (not per variant)
     for variant, (model, model_vars) in models.inference_variants(args, variables).items():
         dtype = variant.dtype
-        # Model FLOPs from the same parts with direct convolutions and the dense read (lowered only).
-        counted = _programs(models.counting_model(args.tiny, dtype), variables, k, t, bucket)
+        if dtype not in part_flops:
+            # The same parts with direct convolutions and the dense read (lowered only).
+            counted = _programs(models.counting_model(args.tiny, dtype), variables, k, t, bucket)
+            part_flops[dtype] = {name: common.model_flops(fn, fn_args) for name, (fn, fn_args) in counted.items()}
         measured = {}
         setting = {"dtype": dtype, "conv3x3": variant.conv3x3, "prepared_kernels": variant.prepared,
                    "memory_read": variant.memory_read,
                    "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket)}
         for name, (program, call_args) in _programs(model, model_vars, k, t, bucket).items():
-            timing = common.measure(program, call_args, args.repeats,
-                                    flops=common.model_flops(counted[name][0], counted[name][1]))
+            timing = common.measure(program, call_args, args.repeats, flops=part_flops[dtype][name])
             measured[name] = timing
             print(f"part {name:<12} K={k} T={t} {dtype} conv3x3 {common.conv_label(setting)}, "
                   f"read {variant.memory_read}: {timing.median_ms:8.1f} ms "

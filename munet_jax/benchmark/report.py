@@ -106,11 +106,16 @@ SETTING_KEYS = ("config", "image", "bucket", "clip", "objects", "memory_frames",
                 "per_device_batch", "source", "batch", "size")
 
 
+def _setting(row: dict, keys) -> list:
+    """The row's values of `keys` (the memory read of rows from before that setting: dense)."""
+    return [common.memory_read_setting(row) if k == "memory_read" else row.get(k) for k in keys]
+
+
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     """`old` rows without those of a setting that `new` measured again, then `new`
     (a run of one setting keeps the other settings measured earlier that day)."""
-    def key(row):  # rows from before the memory_read setting ran the dense read
-        return json.dumps([row.get(k, "dense" if k == "memory_read" else None) for k in SETTING_KEYS])
+    def key(row):
+        return json.dumps(_setting(row, SETTING_KEYS))
 
     replaced = {key(r) for r in new}
     return [r for r in old if key(r) not in replaced] + list(new)
@@ -140,7 +145,7 @@ def _mem(row) -> str:
 def _same_setting(a: dict, b: dict) -> bool:
     keys = ("config", "bucket", "objects", "memory_frames", "dtype", "decoder_conv", "conv3x3", "prepared_kernels",
             "memory_read")
-    return all(a.get(k) == b.get(k) for k in keys)
+    return _setting(a, keys) == _setting(b, keys)
 
 
 def _matching_step(report: dict, parts_row: dict) -> dict | None:
