@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from munet_jax.models import conv_grad
+
 FUSIONS = ("attention", "add")
 
 
@@ -36,7 +38,8 @@ class MotionAwareSpatialAttention(nn.Module):
     @nn.compact
     def __call__(self, f_s: jax.Array, f_m: jax.Array) -> tuple[jax.Array, jax.Array]:
         _check_shapes(f_s, f_m, "MotionAwareSpatialAttention")
-        logits = nn.Conv(1, (1, 1), dtype=self.dtype, name="attention_conv")(f_m)  # [B, H, W, 1]
+        logits = nn.Conv(1, (1, 1), dtype=self.dtype, name="attention_conv",
+                         conv_general_dilated=conv_grad.conv_general_dilated)(f_m)  # [B, H, W, 1]
         attention = jax.nn.sigmoid(logits.astype(jnp.float32))
         f_s = f_s.astype(self.dtype)
         return f_s * attention.astype(self.dtype) + f_s, attention

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from munet_jax.models import conv_grad
 from munet_jax.models.cost_volume import cost_volume, soft_argmin, uncertainty_map
 
 
@@ -57,6 +58,7 @@ class MotionNet(nn.Module):
                 strides=(1, 1),
                 padding=((pad, pad), (pad, pad)),
                 dtype=self.dtype,
+                conv_general_dilated=conv_grad.conv_general_dilated,
                 name=f"conv{i + 1}",
             )(x)
             if i < len(specs) - 1:
@@ -100,7 +102,8 @@ class MotionUncertaintyLayer(nn.Module):
                 "(the paper reduces 1024 -> 256 with reduction 4)"
             )
         # One 1x1 conv shared by both frames, so both live in the same matching space.
-        reduce = nn.Conv(d // self.reduction, (1, 1), dtype=self.dtype, name="reduce")
+        reduce = nn.Conv(d // self.reduction, (1, 1), dtype=self.dtype, name="reduce",
+                         conv_general_dilated=conv_grad.conv_general_dilated)
         cost, valid = cost_volume(reduce(f_cur), reduce(f_prev), self.window)  # [B, H, W, window^2]
         displacement = soft_argmin(cost, valid, self.window, self.tau)  # [B, H, W, 2] float32
         uncertainty = uncertainty_map(cost, valid)  # [B, H, W, 1] float32

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from munet_jax.models import winograd
+from munet_jax.models import conv_grad, winograd
 
 BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d / torchvision FrozenBatchNorm2d default
 EXPANSION = 4  # bottleneck output channels = EXPANSION * planes
@@ -67,6 +67,7 @@ def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=_conv_init,
+        conv_general_dilated=conv_grad.conv_general_dilated,  # kernel gradients as GEMMs on CPU
         name=name,
     )
 

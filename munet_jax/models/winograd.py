@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from munet_jax.models import conv_grad
+
 TILE = 4  # output tile side m
 ALPHA = TILE + 2  # input tile side m + r - 1
 
@@ -148,19 +150,14 @@ def _output_tiles(m: jax.Array, batch: int, tile_rows: int, tile_cols: int) -> j
     return y.reshape(batch, TILE * tile_rows, TILE * tile_cols, k)
 
 
-def _direct(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The same conv with lax (NHWC / HWIO, padding 1)."""
-    return lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv3x3(x: jax.Array, kernel: jax.Array, strip_bytes: int = STRIP_BYTES) -> jax.Array:
     """3x3 conv, stride 1, zero padding 1 (PyTorch `Conv2d(C, K, 3, padding=1)`, no bias).
 
     x [B, H, W, C], kernel [3, 3, C, K] (HWIO) -> [B, H, W, K] in x's dtype,
-    computed in float32. Gradients are the direct conv's (below): the function is
-    the same, and differentiating through the tile transforms measured slower
-    than lax's transposed convs in the backward pass.
+    computed in float32. Gradients (below) are those of the direct conv, computed
+    as convs and GEMMs rather than by differentiating through the tile transforms
+    (measured slower).
     """
     return _winograd(x, transform_kernel(kernel), strip_bytes)
 
@@ -170,12 +167,14 @@ def _conv3x3_fwd(x, kernel, strip_bytes):
 
 
 def _conv3x3_bwd(strip_bytes, residuals, g):
-    """Transposes of the direct conv (linear in x and in the kernel): no forward recomputed."""
-    del strip_bytes
+    """The input gradient is itself a 3x3 stride-1 conv (of g with the kernel flipped and its
+    channels swapped), so it runs as Winograd too; the kernel gradient as GEMMs where
+    `conv_grad.uses_gemm` says so (every map where Winograd runs forward). No forward recomputed."""
     x, kernel = residuals
     g = g.astype(jnp.result_type(x, kernel))
-    (gx,) = jax.linear_transpose(lambda x_: _direct(x_, kernel.astype(g.dtype)), x.astype(g.dtype))(g)
-    (gk,) = jax.linear_transpose(lambda k_: _direct(x.astype(g.dtype), k_), kernel.astype(g.dtype))(g)
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.float32)  # [3, 3, K, C]
+    gx = _winograd(g, transform_kernel(flipped), strip_bytes)
+    gk = conv_grad.kernel_gradient(x.astype(g.dtype), g, kernel.astype(g.dtype), (1, 1), ((1, 1), (1, 1)))
     return gx.astype(x.dtype), gk.astype(kernel.dtype)
 
 
@@ -246,8 +245,9 @@ def _auto_preparable(kernel_shape, dtype) -> bool:
 
 
 def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
-    """x [N, H, W, C], kernel [3, 3, C, K] -> [N, ceil(H / s), ceil(W / s), K], padding 1 (as nn.Conv)."""
-    return lax.conv_general_dilated(x, kernel, (strides, strides), ((1, 1), (1, 1)),
+    """x [N, H, W, C], kernel [3, 3, C, K] -> [N, ceil(H / s), ceil(W / s), K], padding 1 (as nn.Conv);
+    lax's conv, with the kernel gradient as GEMMs where that is faster (munet_jax.models.conv_grad)."""
+    return conv_grad.conv_general_dilated(x, kernel, (strides, strides), ((1, 1), (1, 1)),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 

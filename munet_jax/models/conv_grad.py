@@ -1,0 +1,158 @@
+"""Convolutions whose kernel gradient runs as matrix products on XLA:CPU (training).
+
+XLA:CPU computes a convolution's kernel gradient (the "backward filter") as
+another convolution, with the output gradient as the kernel. On wide layers over
+large maps that runs far below the CPU's GEMM speed. Measured on a 2-core AMD
+EPYC (AVX2), 6 frames, 3x3 convs, C in = K out channels (forward / lax's kernel
+gradient / this module's, ms):
+
+    100x100, 128 ->  128     100 /   735 /  243
+    100x100, 256 ->  256     402 /  3429 /  714      (the decoder at stride 4 of a 400x400 crop)
+     50x50,  512 ->  512     477 /  2824 /  557
+     25x25,  256 ->  256      26 /    36 /   62      (lax is faster here: kept)
+    100x100, 1x1, 64 -> 256   -  /   230 /   16      (ResNet's expanding 1x1)
+
+The kernel gradient is, for every tap (i, j) of a kh x kw kernel, one GEMM over
+the output pixels:
+
+    dK[i, j] = X_ij^T dY        X_ij [N*Ho*Wo, C]: the input pixel that tap (i, j) of each
+                                output pixel reads (a strided slice of the padded input),
+                                dY [N*Ho*Wo, K]: the output gradient
+
+so it costs the forward conv's multiply-adds at GEMM speed, plus kh*kw slice
+copies of the input (C values per pixel against 2*K FLOPs per copied value).
+
+`conv_general_dilated` is `lax.conv_general_dilated`'s drop-in (flax's
+`nn.Conv(conv_general_dilated=...)`): the forward pass and the input gradient
+are lax's; the kernel gradient is the GEMM form on XLA:CPU where it wins
+(`uses_gemm`: every 1x1 conv; wider kernels when C * K * Ho * Wo >= GEMM_MIN_WORK),
+and lax's elsewhere. GPU and TPU libraries have fast backward-filter kernels,
+so other backends always get lax's. Same values up to float rounding (tested
+against lax's gradients).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# C * K * Ho * Wo from which a kh x kw (> 1x1) kernel's gradient runs as GEMMs on
+# XLA:CPU: measured above, 128 x 128 x 100 x 100 (1.6e8) is 3x faster, 256 x 256 x 25 x 25
+# (4.1e7) and 128 x 128 x 50 x 50 (4.1e7) 1.7x slower, 512 x 512 x 25 x 25 (1.6e8) 1.6x faster.
+GEMM_MIN_WORK = 2**27
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def uses_gemm(x_shape: Sequence[int], kernel_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """Whether the kernel gradient of a conv of these shapes runs as GEMMs (XLA:CPU only).
+
+    x [N, H, W, C], kernel [kh, kw, C, K], out [N, Ho, Wo, K].
+    """
+    if jax.default_backend() != "cpu":
+        return False
+    kh, kw, c, k = kernel_shape
+    return kh * kw == 1 or c * k * out_shape[1] * out_shape[2] >= GEMM_MIN_WORK
+
+
+def kernel_gradient_gemm(
+    x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
+    """dL/dkernel of y = conv(x, kernel) given g = dL/dy, as kh * kw GEMMs (module docstring).
+
+    x [N, H, W, C], g [N, Ho, Wo, K], padding ((top, bottom), (left, right)) as lax's
+    (negative values crop) -> [kh, kw, C, K] float32.
+    """
+    kh, kw = kernel_hw
+    sh, sw = strides
+    n, ho, wo, k = g.shape
+    c = x.shape[-1]
+    zero = jnp.zeros((), x.dtype)
+    xp = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))  # [N, H', W', C]
+    dy = g.reshape(n * ho * wo, k)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                               (1, sh, sw, 1))  # [N, Ho, Wo, C]: what tap (i, j) reads
+            taps.append(lax.dot_general(window.reshape(n * ho * wo, c), dy, (((0,), (0,)), ((), ())),
+                                        preferred_element_type=jnp.float32))  # [C, K]
+    return jnp.stack(taps).reshape(kh, kw, c, k)
+
+
+def kernel_gradient(
+    x: jax.Array, g: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
+    """dL/dkernel of conv(x, kernel) (NHWC / HWIO, no dilation) in kernel's dtype: the GEMM
+    form where `uses_gemm` says so, lax's transpose of the conv otherwise."""
+    if uses_gemm(x.shape, kernel.shape, g.shape):
+        return kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
+    (gk,) = jax.linear_transpose(lambda k_: _conv(x, k_, strides, padding), kernel)(g.astype(kernel.dtype))
+    return gk
+
+
+def _conv(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_gemm_kernel_grad(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                          padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """lax's NHWC / HWIO conv, x [N, H, W, C] -> [N, Ho, Wo, K], whose kernel gradient is
+    `kernel_gradient_gemm` (the input gradient stays lax's)."""
+    return _conv(x, kernel, strides, padding)
+
+
+def _fwd(x, kernel, strides, padding):
+    return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _bwd(strides, padding, residuals, g):
+    x, kernel = residuals
+    (gx,) = jax.linear_transpose(lambda x_: _conv(x_, kernel, strides, padding), x)(g.astype(x.dtype))
+    gk = kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
+    return gx, gk
+
+
+conv_gemm_kernel_grad.defvjp(_fwd, _bwd)
+
+
+def _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, precision, preferred_element_type) -> bool:
+    """A 2-D conv this module handles: NHWC / HWIO, no dilation or groups."""
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return False
+    if any(d not in (None, 1, (1, 1), [1, 1]) for d in (lhs_dilation, rhs_dilation)):
+        return False
+    if feature_group_count != 1 or batch_group_count != 1 or precision is not None or preferred_element_type is not None:
+        return False
+    try:
+        given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    except (TypeError, ValueError):
+        return False
+    return given == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+    """`lax.conv_general_dilated` whose kernel gradient runs as GEMMs where that is faster
+    (`uses_gemm`); any call this module does not handle (dilation, groups, other layouts,
+    circular padding) is lax's own. 'SAME' / 'VALID' padding is resolved as lax resolves it."""
+    if _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                   batch_group_count, precision, preferred_element_type):
+        strides = tuple(int(s) for s in window_strides)
+        if isinstance(padding, str):  # 'SAME' / 'VALID' (flax's default is 'SAME')
+            padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        out_hw = [(lhs.shape[1 + a] + sum(pads[a]) - rhs.shape[a]) // strides[a] + 1 for a in (0, 1)]
+        if uses_gemm(lhs.shape, rhs.shape, (lhs.shape[0], *out_hw, rhs.shape[3])):
+            return conv_gemm_kernel_grad(lhs, rhs, strides, pads)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                    feature_group_count, batch_group_count, precision, preferred_element_type)
