@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 
 from munet_jax.data import pipeline  # noqa: E402
 from munet_jax.data.config import data_config  # noqa: E402
-from munet_jax.data.source import ArrayVideoSource, VideoInfo  # noqa: E402
-from munet_jax.palette import read_indexed_png  # noqa: E402
+from munet_jax.data.davis import DavisSource  # noqa: E402
+from munet_jax.data.source import ArrayVideoSource  # noqa: E402
 
 DAVIS_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis_sample"
 
@@ -51,39 +51,6 @@ def synthetic_source(num_videos: int, num_frames: int, height: int = 480, width:
     return ArrayVideoSource("synthetic", videos)
 
 
-class DavisFolderSource:
-    """Minimal DAVIS-layout reader for this benchmark only (the project's own is DavisSource)."""
-
-    def __init__(self, root: Path):
-        self.name = "davis_sample"
-        self.root = root
-        self.videos = sorted(p.name for p in (root / "JPEGImages" / "480p").iterdir() if p.is_dir())
-        self._infos = []
-        for video in self.videos:
-            names = tuple(sorted(p.stem for p in (root / "JPEGImages" / "480p" / video).glob("*.jpg")))
-            ann = root / "Annotations" / "480p" / video
-            annotated = tuple((ann / f"{n}.png").exists() for n in names)
-            first = read_indexed_png(ann / f"{names[0]}.png")
-            ids = tuple(int(i) for i in np.unique(first) if i)
-            self._infos.append(VideoInfo(video, len(names), *first.shape, names, annotated, ids))
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def info(self, index: int) -> VideoInfo:
-        return self._infos[index]
-
-    def load(self, index, frame_indices):
-        info = self._infos[index]
-        frames, masks = [], []
-        for f in frame_indices:
-            name = info.frame_names[f]
-            bgr = cv2.imread(str(self.root / "JPEGImages" / "480p" / info.video_id / f"{name}.jpg"))
-            frames.append(bgr[..., ::-1])
-            masks.append(read_indexed_png(self.root / "Annotations" / "480p" / info.video_id / f"{name}.png"))
-        return np.stack(frames), np.stack(masks)
-
-
 def time_batches(it, warmup: int, steps: int) -> tuple[float, dict]:
     """Seconds for `steps` batches of `it` after `warmup` untimed ones, and the last batch."""
     for _ in range(warmup):
@@ -97,6 +64,9 @@ def time_batches(it, warmup: int, steps: int) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", choices=("synthetic", "davis"), default="synthetic")
+    parser.add_argument("--davis_root", type=Path, default=DAVIS_SAMPLE,
+                        help="a DAVIS 2017 folder for --source davis (default: the two-sequence sample in ../shared)")
+    parser.add_argument("--split", default="val", help="the DAVIS split read with --source davis")
     parser.add_argument("--batch", type=int, default=8, help="global batch size (clips per step)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
@@ -104,9 +74,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.source == "davis":
-        if not (DAVIS_SAMPLE / "JPEGImages" / "480p").is_dir():
-            raise SystemExit(f"{DAVIS_SAMPLE} not found; use --source synthetic")
-        source = DavisFolderSource(DAVIS_SAMPLE)
+        if not args.davis_root.is_dir():
+            raise SystemExit(f"{args.davis_root} not found; pass --davis_root, or use --source synthetic")
+        source = DavisSource(args.davis_root, split=args.split)  # what training reads
     else:
         source = synthetic_source(num_videos=3, num_frames=20)
     cfg = data_config("1")  # 400x400, 6 frames, K = 3, the default augmentation
