@@ -95,6 +95,19 @@ def test_which_convs_get_gemm_kernel_gradients_on_cpu():
     assert not conv_grad.uses_gemm((6, 400, 400, 4), (7, 7, 4, 64), (6, 200, 200, 64))
 
 
+def test_lax_kernel_gradients_context_turns_the_gemm_form_off():
+    x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((1, 1, 4, 4))
+
+    def traced():
+        return str(jax.make_jaxpr(lambda a: conv_grad.conv_general_dilated(a, kernel, (1, 1), "SAME",
+                                                                           dimension_numbers=NHWC))(x))
+
+    with conv_grad.lax_kernel_gradients():
+        assert "custom_vjp" not in traced()
+        assert not conv_grad.uses_gemm((1, 8, 8, 4), (1, 1, 4, 4), (1, 8, 8, 4))
+    assert "custom_vjp" in traced()
+
+
 def test_drop_in_leaves_other_convs_to_lax():
     x = jnp.ones((1, 8, 8, 4))
     k1 = jnp.ones((1, 1, 4, 4))

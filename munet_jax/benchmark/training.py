@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from munet_jax.benchmark import common, models
+from munet_jax.models import conv_grad
 from munet_jax.training.mesh import batch_sharded, make_mesh, replicated
 from munet_jax.training.state import create_train_state, make_optimizer
 from munet_jax.training.step import jit_train_step
@@ -69,9 +70,11 @@ def _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3=None, memory_read=No
 
 def _time(tiny, dtype, batch_size, repeats, crop, conv3x3=None, memory_read=None):
     step, args, (mesh, optimizer, schedule) = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3, memory_read)
-    # Model FLOPs: the same step as `models.counting_model`, lowered only (as inference does).
+    # Model FLOPs: the same step as `models.counting_model`, lowered only (as inference does),
+    # with lax's kernel gradients (the GEMM form loops over kernel taps: counted once by XLA).
     counted = jit_train_step(models.counting_model(tiny, dtype), optimizer, schedule, loss_config(), mesh)
-    flops = common.model_flops(counted, args)
+    with conv_grad.lax_kernel_gradients():
+        flops = common.model_flops(counted, args)
     return common.measure(step, args, repeats, carry=lambda a, r: (r[0], a[1]), flops=flops)
 
 

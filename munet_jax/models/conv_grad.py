@@ -33,6 +33,7 @@ against lax's gradients).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -47,13 +48,30 @@ GEMM_MIN_WORK = 2**27
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
+_lax_only = False  # set while tracing inside `lax_kernel_gradients()`
+
+
+@contextlib.contextmanager
+def lax_kernel_gradients():
+    """Programs traced inside take lax's kernel gradients everywhere.
+
+    For counting model FLOPs (the benchmarks): XLA's cost analysis counts the body of
+    `kernel_gradient_gemm`'s loop over taps once, so the GEMM form would be undercounted.
+    """
+    global _lax_only
+    previous, _lax_only = _lax_only, True
+    try:
+        yield
+    finally:
+        _lax_only = previous
+
 
 def uses_gemm(x_shape: Sequence[int], kernel_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
     """Whether the kernel gradient of a conv of these shapes runs as GEMMs (XLA:CPU only).
 
     x [N, H, W, C], kernel [kh, kw, C, K], out [N, Ho, Wo, K].
     """
-    if jax.default_backend() != "cpu":
+    if _lax_only or jax.default_backend() != "cpu":
         return False
     kh, kw, c, k = kernel_shape
     return kh * kw == 1 or c * k * out_shape[1] * out_shape[2] >= GEMM_MIN_WORK
@@ -75,14 +93,21 @@ def kernel_gradient_gemm(
     zero = jnp.zeros((), x.dtype)
     xp = lax.pad(x, zero, ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))  # [N, H', W', C]
     dy = g.reshape(n * ho * wo, k)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            window = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                               (1, sh, sw, 1))  # [N, Ho, Wo, C]: what tap (i, j) reads
-            taps.append(lax.dot_general(window.reshape(n * ho * wo, c), dy, (((0,), (0,)), ((), ())),
-                                        preferred_element_type=jnp.float32))  # [C, K]
-    return jnp.stack(taps).reshape(kh, kw, c, k)
+    span = (n, sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)  # the input a tap's outputs read, before striding
+
+    def tap(t):  # [C, K] of tap t = i * kw + j
+        start = (0, t // kw, t % kw, 0)
+        window = lax.dynamic_slice(xp, start, span) if kh * kw > 1 else lax.slice(xp, start[:1] + (0, 0, 0), span)
+        window = lax.slice(window, (0, 0, 0, 0), span, (1, sh, sw, 1))  # [N, Ho, Wo, C]
+        return lax.dot_general(window.reshape(n * ho * wo, c), dy, (((0,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+    if kh * kw == 1:
+        return tap(0).reshape(1, 1, c, k)
+    # A loop, one tap at a time: a single [N*Ho*Wo, C] window is live (unrolled, XLA kept the
+    # windows of many convs alive at once: the full training step's memory 10.8 -> 16.6 GB).
+    _, taps = lax.scan(lambda carry, t: (carry, tap(t)), None, jnp.arange(kh * kw))
+    return taps.reshape(kh, kw, c, k)
 
 
 def kernel_gradient(
