@@ -1,19 +1,21 @@
-"""Clip augmentation as TensorFlow graph ops (runs in parallel inside tf.data).
+"""Clip augmentation inside tf.data: TensorFlow graph ops, and OpenCV for the resampling.
 
 All randomness is stateless, drawn from one key per example, so an augmented clip
 is a pure function of (raw clip, key, config).
 
 Geometry. Random resize, crop, horizontal flip and the affine transform are
-composed into ONE projective matrix per frame that maps output pixels to raw
-pixels; frames are then resampled once (bilinear) and masks once (nearest) by
-`ImageProjectiveTransformV3`. Composing instead of resizing, cropping and warping
+composed into ONE affine matrix per frame that maps output pixels to raw
+pixels (in `ImageProjectiveTransformV3`'s [L, 8] row form); frames are then
+resampled once (bilinear, in float32) and masks once (nearest) by OpenCV's
+`warpAffine` in a `tf.numpy_function` (`warp`; 3-4x faster than the TF op,
+which `warp_tf` keeps as the tests' reference). Composing instead of resizing, cropping and warping
 in turn avoids blurring the frames three times and keeps image and mask geometry
 identical by construction. Pixels that come from outside the frame are black in
 the image and background (0) in the mask. Downscaling is not anti-aliased (the
 resize factor for DAVIS 480p to 400x400 is 0.83..1.25, so aliasing is mild).
 
 Coordinates: x = column, y = row, integer coordinates at pixel centres (the
-convention of ImageProjectiveTransformV3).
+convention of ImageProjectiveTransformV3 and of OpenCV).
 
 Static images (one-frame "videos", protocol 3-pretrain) become a clip of
 `clip_length` independent affine warps of the same image, as STM pretrains; the
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 # Tags folded into the example key: one independent stream per kind of parameter.
@@ -93,11 +97,46 @@ def output_to_input_transforms(
     return tf.stack([a0, a1, a2, c0, c1, c2, zeros, zeros], axis=1)
 
 
+def _warp_with_opencv(frames: np.ndarray, masks: np.ndarray, transforms: np.ndarray, out_h: int, out_w: int):
+    """`warp` in NumPy: OpenCV's affine resampling, one frame at a time (it releases the GIL).
+
+    OpenCV resamples 3-4x faster than `ImageProjectiveTransformV3` (6 frames 480x854 ->
+    400x400 on one core: ~12 ms against ~47 ms): it evaluates the coordinates once per
+    pixel rather than once per channel, and vectorises. Same convention (integer
+    coordinates at pixel centres, the row maps output to input), same constant-0 border.
+    """
+    n = frames.shape[0]
+    out = np.empty((n, out_h, out_w, 3), np.float32)
+    out_masks = np.empty((n, out_h, out_w), np.uint8)
+    for i in range(n):
+        matrix = transforms[i, :6].reshape(2, 3).astype(np.float64)  # the rows' projective part is 0
+        out[i] = cv2.warpAffine(frames[i].astype(np.float32), matrix, (out_w, out_h),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                                borderValue=0)
+        out_masks[i] = cv2.warpAffine(np.ascontiguousarray(masks[i]), matrix, (out_w, out_h),
+                                      flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out, out_masks
+
+
 def warp(frames: tf.Tensor, masks: tf.Tensor, transforms: tf.Tensor, out_hw: tuple[int, int]):
     """Resamples frames (bilinear, float32 [L, h, w, 3]) and masks (nearest, uint8 [L, h, w]).
 
-    frames uint8/float [L, H, W, 3], masks uint8 [L, H, W], transforms float32 [L, 8].
+    frames uint8/float [L, H, W, 3], masks uint8 [L, H, W], transforms float32 [L, 8] (affine:
+    the last two entries 0). Runs OpenCV in a `tf.numpy_function` (`_warp_with_opencv`);
+    `warp_tf` is the same resampling as TensorFlow ops.
     """
+    h, w = int(out_hw[0]), int(out_hw[1])
+    out, out_masks = tf.numpy_function(
+        lambda f, m, t: _warp_with_opencv(f, m, t, h, w), [frames, masks, tf.cast(transforms, tf.float32)],
+        [tf.float32, tf.uint8], stateful=False)
+    out.set_shape([frames.shape[0], h, w, 3])
+    out_masks.set_shape([masks.shape[0], h, w])
+    return out, out_masks
+
+
+def warp_tf(frames: tf.Tensor, masks: tf.Tensor, transforms: tf.Tensor, out_hw: tuple[int, int]):
+    """`warp` with `ImageProjectiveTransformV3` (the reference the tests hold OpenCV's to)."""
     shape = tf.constant(out_hw, tf.int32)
     frames = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(frames, tf.float32), transforms=transforms, output_shape=shape,

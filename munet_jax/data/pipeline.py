@@ -21,7 +21,8 @@ were drawn before, which would break the (seed, s) property on resumption.
 
 Stages: loading pixels from a Python `VideoSource` runs in `tf.numpy_function`
 (sources must allow concurrent `load` calls); augmentation and object choice run as
-TF ops; both maps are parallel with deterministic order, then batch and prefetch.
+TF ops, but for the resampling (OpenCV in a `tf.numpy_function`: it releases the
+GIL); both maps are parallel with deterministic order, then batch and prefetch.
 Frames stay uint8; normalisation happens on device.
 """
 
