@@ -89,10 +89,16 @@ def test_step_on_8_devices_equals_step_on_1_device():
     before = jax.tree_util.tree_leaves(variables["params"])
     moved = sum(not np.array_equal(a, b) for a, b in zip(leaves8, before))
     assert moved > len(before) // 2, "the update changed most parameter tensors"
-    # Adam's first update is about lr * sign(g): where a gradient entry is ~0 its sign is
-    # float noise of the reduction order, so parameters agree to a small fraction of lr.
+    # Adam's first update is lr * g / (|g| + eps): about lr * sign(g), but anything in [-lr, lr]
+    # where |g| is near eps, and there the reduction order's float noise decides. So parameters
+    # agree to a small fraction of lr but for a rare entry, which still moves by at most 2 lr
+    # (seen on jax 0.11.2: 1 of 36,864 entries of a 3x3 kernel, 1.8 lr). A step that did not
+    # average the gradients over the 8 devices would move most entries differently.
+    lr = config.optim.lr
     for a, b in zip(leaves8, leaves1):
-        np.testing.assert_allclose(a, b, rtol=0, atol=0.01 * config.optim.lr)
+        difference = np.abs(np.asarray(a) - np.asarray(b))
+        assert difference.max() <= 2 * lr * (1 + 1e-3), difference.max() / lr
+        assert np.mean(difference > 0.01 * lr) <= 1e-3, np.mean(difference > 0.01 * lr)
 
 
 def test_mixed_precision_step_keeps_float32_state():
