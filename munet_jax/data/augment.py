@@ -8,9 +8,9 @@ composed into ONE affine matrix per frame that maps output pixels to raw
 pixels (in `ImageProjectiveTransformV3`'s [L, 8] row form); frames are then
 resampled once (bilinear, in float32) and masks once (nearest) by OpenCV's
 `warpAffine` in a `tf.numpy_function` (`warp`; 3-4x faster than the TF op,
-which `warp_tf` keeps as the tests' reference). Composing instead of resizing, cropping and warping
-in turn avoids blurring the frames three times and keeps image and mask geometry
-identical by construction. Pixels that come from outside the frame are black in
+which `warp_tf` keeps as the tests' reference). Composing instead of resizing,
+cropping and warping in turn avoids blurring the frames three times and keeps
+image and mask geometry identical by construction. Pixels that come from outside the frame are black in
 the image and background (0) in the mask. Downscaling is not anti-aliased (the
 resize factor for DAVIS 480p to 400x400 is 0.83..1.25, so aliasing is mild).
 

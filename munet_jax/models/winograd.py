@@ -169,7 +169,7 @@ def _conv3x3_fwd(x, kernel, strip_bytes):
 def _conv3x3_bwd(strip_bytes, residuals, g):
     """The input gradient is itself a 3x3 stride-1 conv (of g with the kernel flipped and its
     channels swapped), so it runs as Winograd too; the kernel gradient as GEMMs where
-    `conv_grad.uses_gemm` says so (every map where Winograd runs forward). No forward recomputed."""
+    `conv_grad.uses_gemm` says so, else lax's. No forward recomputed."""
     x, kernel = residuals
     g = g.astype(jnp.result_type(x, kernel))
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.float32)  # [3, 3, K, C]
@@ -248,7 +248,7 @@ def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
     """x [N, H, W, C], kernel [3, 3, C, K] -> [N, ceil(H / s), ceil(W / s), K], padding 1 (as nn.Conv);
     lax's conv, with the kernel gradient as GEMMs where that is faster (munet_jax.models.conv_grad)."""
     return conv_grad.conv_general_dilated(x, kernel, (strides, strides), ((1, 1), (1, 1)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+                                          dimension_numbers=conv_grad.NHWC)
 
 
 class Conv3x3(nn.Module):
