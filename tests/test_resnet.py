@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from munet_jax.models.resnet import ResNetEncoder, max_pool_3x3_s2
+from munet_jax.models.resnet import FrozenBatchNorm, ResNetEncoder, max_pool_3x3_s2
 from munet_jax.pretrained import torchvision_resnet_to_flax
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -192,6 +192,52 @@ def test_bn_affine_trainable_statistics_frozen(fixture_arrays, narrow_apply):
     a = narrow_apply(variables, x)["res2"]
     b = narrow_apply({"params": variables["params"], "batch_stats": stats}, x)["res2"]
     assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_frozen_batch_norm_matches_flax_batch_norm_and_numpy():
+    """FrozenBatchNorm (x * a + b) against flax's BatchNorm with running averages and a
+    float64 NumPy (x - mean) / sqrt(var + eps) * scale + bias: same variables, outputs and
+    gradients (input, scale, bias) to float32 rounding. Statistics far from (0, 1), with
+    a mean large against the spread, where the two forms round differently."""
+    import flax.linen as nn
+
+    rng = np.random.default_rng(7)
+    c = 16
+    x = jnp.asarray(rng.normal(3.0, 2.0, size=(2, 5, 6, c)), jnp.float32)
+    ours, theirs = FrozenBatchNorm(), nn.BatchNorm(use_running_average=True, epsilon=1e-5)
+    v_ours, v_theirs = ours.init(jax.random.key(0), x), theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ours) == jax.tree.map(lambda a: (a.shape, a.dtype), v_theirs)
+    for a, b in zip(jax.tree.leaves(v_ours), jax.tree.leaves(v_theirs)):
+        np.testing.assert_array_equal(a, b)  # the same initial values (ones / zeros)
+    variables = {
+        "params": {"scale": jnp.asarray(rng.uniform(0.2, 2.0, c), jnp.float32),
+                   "bias": jnp.asarray(rng.normal(size=c), jnp.float32)},
+        "batch_stats": {"mean": jnp.asarray(rng.normal(3.0, 1.0, c), jnp.float32),
+                        "var": jnp.asarray(rng.uniform(0.5, 4.0, c), jnp.float32)},
+    }
+    p, st = variables["params"], variables["batch_stats"]
+    x64 = np.asarray(x, np.float64)
+    std = np.sqrt(np.asarray(st["var"], np.float64) + 1e-5)
+    reference = (x64 - np.asarray(st["mean"], np.float64)) / std * np.asarray(p["scale"], np.float64) + np.asarray(
+        p["bias"], np.float64)
+    y_ours = np.asarray(ours.apply(variables, x))
+    np.testing.assert_allclose(y_ours, reference, rtol=0, atol=2e-6 * np.abs(reference).max())
+    np.testing.assert_allclose(y_ours, np.asarray(theirs.apply(variables, x)), rtol=0, atol=2e-6 * np.abs(reference).max())
+
+    w = jnp.asarray(rng.normal(size=x.shape), jnp.float32)  # a random cotangent
+
+    def loss(module, params, inputs):
+        return (module.apply({"params": params, "batch_stats": st}, inputs) * w).sum()
+
+    g_ours = jax.grad(lambda pp, xx: loss(ours, pp, xx), argnums=(0, 1))(p, x)
+    g_theirs = jax.grad(lambda pp, xx: loss(theirs, pp, xx), argnums=(0, 1))(p, x)
+    # By hand: dL/dscale = sum(w * (x - mean) / std), dL/dbias = sum(w), dL/dx = w * scale / std.
+    w64 = np.asarray(w, np.float64)
+    by_hand = ({"scale": (w64 * (x64 - np.asarray(st["mean"], np.float64)) / std).sum((0, 1, 2)),
+                "bias": w64.sum((0, 1, 2))}, w64 * np.asarray(p["scale"], np.float64) / std)
+    for a, b, h in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs), jax.tree.leaves(by_hand)):
+        np.testing.assert_allclose(np.asarray(a), h, rtol=0, atol=2e-5 * np.abs(h).max())
+        np.testing.assert_allclose(np.asarray(b), h, rtol=0, atol=2e-5 * np.abs(h).max())
 
 
 def test_group_norm_encoder_normalises_and_has_no_statistics():
