@@ -38,21 +38,13 @@ import jax
 import jax.numpy as jnp
 
 from munet_jax.models import conv_grad, winograd
+from munet_jax.models.max_pool import max_pool_3x3_s2  # the stem's pool (custom gradient on CPU)
 
 BN_EPSILON = 1e-5  # torch.nn.BatchNorm2d / torchvision FrozenBatchNorm2d default
 EXPANSION = 4  # bottleneck output channels = EXPANSION * planes
 
 # torchvision initialises convs with kaiming_normal_(mode='fan_out', nonlinearity='relu').
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """PyTorch's MaxPool2d(kernel_size=3, stride=2, padding=1) on [B, H, W, C].
-
-    The padded border is -inf (flax pools pad with the reduction's identity), so
-    it never wins the max, as in PyTorch. [B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C].
-    """
-    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
