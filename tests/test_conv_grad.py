@@ -1,6 +1,8 @@
-"""Kernel gradients as GEMMs (munet_jax.models.conv_grad) against NumPy float64 and lax's own
-gradients: single convs of every kind the model has, the drop-in's choice, Winograd's backward
-pass, and the whole model's training gradients."""
+"""Kernel gradients as GEMMs and strided input gradients by phases (munet_jax.models.conv_grad)
+against NumPy float64 and lax's own gradients: single convs of every kind the model has, the
+drop-in's choice, Winograd's backward pass, and the whole model's training gradients."""
+
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -64,6 +66,65 @@ def test_kernel_gradient_gemm_matches_numpy_and_lax(case):
     np.testing.assert_allclose(got, np.asarray(lax_dk), rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+def numpy_input_gradient(kernel, g, x_hw, strides, padding):
+    """d sum(conv(x, K) * g) / dx in float64: each output pixel's g spread back over its window."""
+    (pt, pb), (pl, pr) = padding
+    (sh, sw), (h, w) = strides, x_hw
+    kh, kw = kernel.shape[:2]
+    n, ho, wo, _ = g.shape
+    dxp = np.zeros((n, h + pt + pb + kh, w + pl + pr + kw, kernel.shape[2]))
+    for y in range(ho):
+        for x_ in range(wo):
+            dxp[:, y * sh: y * sh + kh, x_ * sw: x_ * sw + kw] += np.einsum(
+                "ijck,nk->nijc", kernel.astype(np.float64), g[:, y, x_].astype(np.float64))
+    return dxp[:, pt:pt + h, pl:pl + w]
+
+
+PHASE_CASES = [
+    # (N, H, W, C, K, (kh, kw), strides, padding): the ResNet stem (7x7 / 2) and its 3x3 / 2 convs,
+    # odd and even sizes, stride 3, different strides per axis, asymmetric padding, a kernel
+    # smaller than the stride (phases no tap reaches), padding larger than the kernel's half.
+    (2, 15, 13, 4, 8, (7, 7), (2, 2), ((3, 3), (3, 3))),
+    (1, 16, 14, 4, 8, (7, 7), (2, 2), ((3, 3), (3, 3))),
+    (2, 10, 9, 3, 5, (3, 3), (2, 2), ((1, 1), (1, 1))),
+    (1, 11, 10, 2, 3, (5, 5), (3, 3), ((2, 2), (2, 2))),
+    (2, 9, 12, 3, 4, (3, 5), (2, 1), ((1, 1), (2, 2))),
+    (1, 9, 8, 3, 2, (3, 3), (2, 2), ((0, 1), (2, 0))),
+    (1, 10, 11, 2, 3, (2, 2), (3, 3), ((0, 0), (1, 0))),
+    (1, 8, 9, 2, 3, (3, 3), (2, 2), ((3, 2), (0, 3))),
+]
+
+
+@pytest.mark.parametrize("case", PHASE_CASES)
+def test_input_gradient_phases_matches_numpy_and_lax(case):
+    n, h, w, c, k, (kh, kw), strides, padding = case
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, h, w, c)).astype(np.float32)
+    kernel = rng.normal(size=(kh, kw, c, k)).astype(np.float32)
+    out_shape = jax.eval_shape(lambda: lax.conv_general_dilated(x, kernel, strides, padding,
+                                                                dimension_numbers=NHWC)).shape
+    g = rng.normal(size=out_shape).astype(np.float32)
+    got = np.asarray(jax.jit(conv_grad.input_gradient_phases, static_argnums=(2, 3, 4))(
+        g, kernel, (h, w), strides, padding))
+    expected = numpy_input_gradient(kernel, g, (h, w), strides, padding)
+    assert got.shape == expected.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    _, vjp = jax.vjp(lambda a: lax.conv_general_dilated(a, kernel, strides, padding, dimension_numbers=NHWC,
+                                                        precision=lax.Precision.HIGHEST), x)
+    np.testing.assert_allclose(got, np.asarray(vjp(g)[0]), rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_which_convs_get_phase_input_gradients_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert conv_grad.uses_phases((7, 7, 4, 64), (2, 2))  # the stem
+    assert conv_grad.uses_phases((3, 3, 128, 128), (2, 2))  # layer2 / layer3's first 3x3
+    assert conv_grad.uses_phases((3, 3, 8, 8), (1, 2))
+    assert not conv_grad.uses_phases((1, 1, 256, 512), (2, 2))  # the strided 1x1 projection: lax's
+    assert not conv_grad.uses_phases((3, 3, 128, 128), (1, 1))
+    with conv_grad.lax_gradients():
+        assert not conv_grad.uses_phases((7, 7, 4, 64), (2, 2))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_drop_in_has_lax_values_and_gradients(case, monkeypatch):
     # Forced to the GEMM form for every shape (on CPU it is chosen by size; see the next test).
@@ -95,14 +156,14 @@ def test_which_convs_get_gemm_kernel_gradients_on_cpu():
     assert not conv_grad.uses_gemm((6, 400, 400, 4), (7, 7, 4, 64), (6, 200, 200, 64))
 
 
-def test_lax_kernel_gradients_context_turns_the_gemm_form_off():
+def test_lax_gradients_context_turns_the_gemm_form_off():
     x, kernel = jnp.ones((1, 8, 8, 4)), jnp.ones((1, 1, 4, 4))
 
     def traced():
         return str(jax.make_jaxpr(lambda a: conv_grad.conv_general_dilated(a, kernel, (1, 1), "SAME",
                                                                            dimension_numbers=NHWC))(x))
 
-    with conv_grad.lax_kernel_gradients():
+    with conv_grad.lax_gradients():
         assert "custom_vjp" not in traced()
         assert not conv_grad.uses_gemm((1, 8, 8, 4), (1, 1, 4, 4), (1, 8, 8, 4))
     assert "custom_vjp" in traced()
@@ -163,8 +224,8 @@ def test_winograd_backward_matches_direct_conv(min_work, monkeypatch):
 
 
 def test_model_training_gradients_match_lax(monkeypatch):
-    """The tiny MUNet's clip-loss gradients with every conv's kernel gradient as GEMMs against
-    lax's: every conv kind of the network (stem, 1x1, strided, 3x3, motion net, MSAM, decoder).
+    """The tiny MUNet's clip-loss gradients with every conv's kernel gradient as GEMMs and the
+    strided convs' input gradients by phases against lax's: every conv kind of the network (stem, 1x1, strided, 3x3, motion net, MSAM, decoder).
     Direct convs on both sides: Winograd's own forward rounding (~2e-5) is amplified to a few
     percent in some of this random network's gradients, which would hide a real difference."""
     import ml_collections
@@ -181,8 +242,14 @@ def test_model_training_gradients_match_lax(monkeypatch):
     }
     loss_cfg = ml_collections.ConfigDict({"kind": "bsce_iou", "top_fraction": 0.4, "iou_weight": 1.0})
 
-    def grads(gemm: bool):
-        monkeypatch.setattr(conv_grad, "uses_gemm", lambda *shapes: gemm)
+    phases = conv_grad.input_gradient_phases
+    phase_calls = []
+    monkeypatch.setattr(conv_grad, "input_gradient_phases", lambda *args: phase_calls.append(args[1].shape) or phases(*args))
+
+    def grads(fast: bool):
+        # fast: every kernel gradient as GEMMs and strided input gradients by phases; else lax's.
+        monkeypatch.setattr(conv_grad, "uses_gemm", lambda *shapes: fast)
+        phase_calls.clear()
         cfg = tiny_munet_config()
         cfg.conv3x3 = "direct"
         model = build_model(cfg)
@@ -191,9 +258,13 @@ def test_model_training_gradients_match_lax(monkeypatch):
         def loss(params):
             return clip_loss(model, {**variables, "params": params}, batch, loss_cfg)[0]
 
-        text = str(jax.make_jaxpr(loss)(variables["params"]))
-        assert ("name=conv_gemm_kernel_grad" in text) == gemm
-        return jax.jit(jax.grad(loss))(variables["params"])
+        with contextlib.nullcontext() if fast else conv_grad.lax_gradients():
+            text = str(jax.make_jaxpr(loss)(variables["params"]))
+            assert ("name=conv_cpu_gradients" in text) == fast
+            result = jax.jit(jax.grad(loss))(variables["params"])
+        # Phases for the strided convs that need an input gradient (Enc-R's stem for the mask; layer2 / 3).
+        assert bool(phase_calls) == fast and (not fast or (7, 7, 4, 8) in phase_calls), phase_calls
+        return result
 
     want = grads(False)
     got = grads(True)

@@ -71,9 +71,9 @@ def _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3=None, memory_read=No
 def _time(tiny, dtype, batch_size, repeats, crop, conv3x3=None, memory_read=None):
     step, args, (mesh, optimizer, schedule) = _step_and_inputs(tiny, dtype, batch_size, crop, conv3x3, memory_read)
     # Model FLOPs: the same step as `models.counting_model`, lowered only (as inference does),
-    # with lax's kernel gradients (the GEMM form loops over kernel taps: counted once by XLA).
+    # with lax's conv gradients (the GEMM form loops over kernel taps: counted once by XLA).
     counted = jit_train_step(models.counting_model(tiny, dtype), optimizer, schedule, loss_config(), mesh)
-    with conv_grad.lax_kernel_gradients():
+    with conv_grad.lax_gradients():
         flops = common.model_flops(counted, args)
     return common.measure(step, args, repeats, carry=lambda a, r: (r[0], a[1]), flops=flops)
 

@@ -1,4 +1,5 @@
-"""Convolutions whose kernel gradient runs as matrix products on XLA:CPU (training).
+"""Convolution gradients that run fast on XLA:CPU (training): kernel gradients as matrix
+products, strided convs' input gradients as stride-1 convs.
 
 XLA:CPU computes a convolution's kernel gradient (the "backward filter") as
 another convolution, with the output gradient as the kernel. On wide layers over
@@ -22,13 +23,29 @@ the output pixels:
 so it costs the forward conv's multiply-adds at GEMM speed, plus kh*kw slice
 copies of the input (C values per pixel against 2*K FLOPs per copied value).
 
+The input gradient of a strided conv is, by autodiff, a convolution of the output
+gradient dilated with zeros (s - 1 between values): s_h * s_w times the work, and
+XLA:CPU's dilated-input convs run slowly besides. Split by output phase it is
+s_h * s_w stride-1 convs without zeros (`input_gradient_phases`). Measured as above
+(lax / phases, ms): Enc-R's 7x7 / 2 stem, 3 x 400x400 x 4 -> 64: 154 / 30; layer2's
+3x3 / 2, 3 x 100x100, 128 -> 128: 56 / 28; layer3's, 6 x 50x50, 256 -> 256: 59 / 28.
+For the input rows
+u = s a + p of phase p, with left padding pl, the taps i = r + s m (r = (p + pl) mod s)
+are the only ones that reach them:
+
+    dx[s a + p] = sum_m dY[a + q - m] W[r + s m]^T,   q = (p + pl - r) / s
+
+a stride-1 correlation of dY with the flipped sub-kernel W[r::s], per dimension;
+the phases are then interleaved.
+
 `conv_general_dilated` is `lax.conv_general_dilated`'s drop-in (flax's
-`nn.Conv(conv_general_dilated=...)`): the forward pass and the input gradient
-are lax's; the kernel gradient is the GEMM form on XLA:CPU where it wins
-(`uses_gemm`: every 1x1 conv; wider kernels when C * K * Ho * Wo >= GEMM_MIN_WORK),
-and lax's elsewhere. GPU and TPU libraries have fast backward-filter kernels,
-so other backends always get lax's. Same values up to float rounding (tested
-against lax's gradients).
+`nn.Conv(conv_general_dilated=...)`): the forward pass is lax's; on XLA:CPU the
+kernel gradient is the GEMM form where it wins (`uses_gemm`: every 1x1 conv;
+wider kernels when C * K * Ho * Wo >= GEMM_MIN_WORK) and a strided conv's input
+gradient is the phase form (`uses_phases`: stride > 1, kernel wider than 1x1);
+lax's elsewhere. GPU and TPU libraries have fast backward kernels, so other
+backends always get lax's. Same values up to float rounding (tested against
+lax's gradients).
 """
 
 from __future__ import annotations
@@ -48,15 +65,17 @@ GEMM_MIN_WORK = 2**27
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
-_lax_only = False  # set while tracing inside `lax_kernel_gradients()`
+_lax_only = False  # set while tracing inside `lax_gradients()`
 
 
 @contextlib.contextmanager
-def lax_kernel_gradients():
-    """Programs traced inside take lax's kernel gradients everywhere.
+def lax_gradients():
+    """Programs traced inside take lax's conv gradients everywhere.
 
     For counting model FLOPs (the benchmarks): XLA's cost analysis counts the body of
-    `kernel_gradient_gemm`'s loop over taps once, so the GEMM form would be undercounted.
+    `kernel_gradient_gemm`'s loop over taps once, so the GEMM form would be undercounted;
+    lax's input gradients are counted as the model's (the phase form skips no real work,
+    but counting the one program keeps the figures comparable across versions).
     """
     global _lax_only
     previous, _lax_only = _lax_only, True
@@ -75,6 +94,58 @@ def uses_gemm(x_shape: Sequence[int], kernel_shape: Sequence[int], out_shape: Se
         return False
     kh, kw, c, k = kernel_shape
     return kh * kw == 1 or c * k * out_shape[1] * out_shape[2] >= GEMM_MIN_WORK
+
+
+def uses_phases(kernel_shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether a conv's input gradient runs as `input_gradient_phases` (XLA:CPU only): strided
+    convs wider than 1x1 (a strided 1x1's input gradient is one small conv under lax too)."""
+    if _lax_only or jax.default_backend() != "cpu":
+        return False
+    return max(strides) > 1 and kernel_shape[0] * kernel_shape[1] > 1
+
+
+def _phase_geometry(p: int, size: int, k: int, s: int, pad_lo: int, out_size: int) -> tuple[int, int, int, int]:
+    """One dimension of phase p (module docstring): (first tap r, taps m, pad before, pad after)
+    of the stride-1 correlation of dY giving dx[p], dx[s + p], ... for all ceil(size / s) rows
+    (rows past `size` are cropped afterwards). Negative pads crop dY."""
+    r = (p + pad_lo) % s
+    taps = -(-(k - r) // s) if r < k else 0  # ceil((k - r) / s): taps r, r + s, ... < k
+    q = (p + pad_lo - r) // s
+    rows = -(-size // s)
+    before = taps - 1 - q
+    return r, taps, before, rows - out_size - before + taps - 1
+
+
+def input_gradient_phases(
+    g: jax.Array, kernel: jax.Array, x_hw: tuple[int, int], strides: tuple[int, int],
+    padding: tuple[tuple[int, int], tuple[int, int]],
+) -> jax.Array:
+    """dL/dx of y = conv(x, kernel) given g = dL/dy, as strides[0] * strides[1] stride-1 convs.
+
+    g [N, Ho, Wo, K], kernel [kh, kw, C, K], x_hw = (H, W), padding as lax's -> [N, H, W, C]
+    in g's dtype.
+    """
+    n, ho, wo, _ = g.shape
+    kh, kw, c, _ = kernel.shape
+    (sh, sw), (h, w) = strides, x_hw
+    zero = jnp.zeros((), g.dtype)
+    rows = []
+    for p in range(sh):
+        rh, th, top, bottom = _phase_geometry(p, h, kh, sh, padding[0][0], ho)
+        cols = []
+        for q in range(sw):
+            rw, tw, left, right = _phase_geometry(q, w, kw, sw, padding[1][0], wo)
+            if th == 0 or tw == 0:  # no tap reaches these rows / columns (kernel smaller than the stride)
+                cols.append(jnp.zeros((n, -(-h // sh), -(-w // sw), c), g.dtype))
+                continue
+            # Taps r, r + s, ... of each dimension, flipped: [th, tw, K, C] (the conv maps K -> C).
+            sub = jnp.swapaxes(kernel[rh::sh, rw::sw][::-1, ::-1], 2, 3).astype(g.dtype)
+            gp = lax.pad(g, zero, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+            cols.append(_conv(gp, sub, (1, 1), ((0, 0), (0, 0))))  # [N, ceil(H / sh), ceil(W / sw), C]
+        rows.append(jnp.stack(cols, axis=3))  # [N, H', W', sw, C]
+    dx = jnp.stack(rows, axis=2)  # [N, H', sh, W', sw, C]: row a, phase p is input row sh * a + p
+    dx = dx.reshape(n, dx.shape[1] * sh, dx.shape[3] * sw, c)
+    return dx[:, :h, :w]
 
 
 def kernel_gradient_gemm(
@@ -125,26 +196,34 @@ def _conv(x, kernel, strides, padding):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_gemm_kernel_grad(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-                          padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_cpu_gradients(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                       padding: tuple[tuple[int, int], tuple[int, int]], gemm_kernel: bool, phase_input: bool
+                       ) -> jax.Array:
     """lax's NHWC / HWIO conv, x [N, H, W, C] -> [N, Ho, Wo, K], whose kernel gradient is
-    `kernel_gradient_gemm` (the input gradient stays lax's)."""
+    `kernel_gradient_gemm` if `gemm_kernel` and whose input gradient is `input_gradient_phases`
+    if `phase_input` (else lax's)."""
     return _conv(x, kernel, strides, padding)
 
 
-def _fwd(x, kernel, strides, padding):
+def _fwd(x, kernel, strides, padding, gemm_kernel, phase_input):
     return _conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _bwd(strides, padding, residuals, g):
+def _bwd(strides, padding, gemm_kernel, phase_input, residuals, g):
     x, kernel = residuals
-    (gx,) = jax.linear_transpose(lambda x_: _conv(x_, kernel, strides, padding), x)(g.astype(x.dtype))
-    gk = kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
+    if phase_input:
+        gx = input_gradient_phases(g, kernel, x.shape[1:3], strides, padding).astype(x.dtype)
+    else:
+        (gx,) = jax.linear_transpose(lambda x_: _conv(x_, kernel, strides, padding), x)(g.astype(x.dtype))
+    if gemm_kernel:
+        gk = kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
+    else:
+        (gk,) = jax.linear_transpose(lambda k_: _conv(x, k_, strides, padding), kernel)(g.astype(kernel.dtype))
     return gx, gk
 
 
-conv_gemm_kernel_grad.defvjp(_fwd, _bwd)
+conv_cpu_gradients.defvjp(_fwd, _bwd)
 
 
 def _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
@@ -166,9 +245,10 @@ def _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-    """`lax.conv_general_dilated` whose kernel gradient runs as GEMMs where that is faster
-    (`uses_gemm`); any call this module does not handle (dilation, groups, other layouts,
-    circular padding) is lax's own. 'SAME' / 'VALID' padding is resolved as lax resolves it."""
+    """`lax.conv_general_dilated` whose kernel gradient runs as GEMMs (`uses_gemm`) and whose
+    input gradient runs by phases (`uses_phases`) where that is faster; any call this module
+    does not handle (dilation, groups, other layouts, circular padding) is lax's own.
+    'SAME' / 'VALID' padding is resolved as lax resolves it."""
     if _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
                    batch_group_count, precision, preferred_element_type):
         strides = tuple(int(s) for s in window_strides)
@@ -176,7 +256,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         out_hw = [(lhs.shape[1 + a] + sum(pads[a]) - rhs.shape[a]) // strides[a] + 1 for a in (0, 1)]
-        if uses_gemm(lhs.shape, rhs.shape, (lhs.shape[0], *out_hw, rhs.shape[3])):
-            return conv_gemm_kernel_grad(lhs, rhs, strides, pads)
+        gemm_kernel = uses_gemm(lhs.shape, rhs.shape, (lhs.shape[0], *out_hw, rhs.shape[3]))
+        phase_input = uses_phases(rhs.shape, strides)
+        if gemm_kernel or phase_input:
+            return conv_cpu_gradients(lhs, rhs, strides, pads, gemm_kernel, phase_input)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                     feature_group_count, batch_group_count, precision, preferred_element_type)
