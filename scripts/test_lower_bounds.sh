@@ -19,4 +19,4 @@ fi
     tests/test_benchmark.py tests/test_memory.py tests/test_memory_bank.py tests/test_mu_layer.py \
     tests/test_msam.py tests/test_decoder.py tests/test_resnet.py tests/test_aggregation.py tests/test_losses.py \
     tests/test_restore.py tests/test_segment.py tests/test_visualize.py tests/test_metrics_jf.py \
-    tests/test_compilation_cache.py tests/test_conv_grad.py "$@"
+    tests/test_compilation_cache.py tests/test_conv_grad.py tests/test_max_pool.py "$@"
