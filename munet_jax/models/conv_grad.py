@@ -29,9 +29,8 @@ XLA:CPU's dilated-input convs run slowly besides. Split by output phase it is
 s_h * s_w stride-1 convs without zeros (`input_gradient_phases`). Measured as above
 (lax / phases, ms): Enc-R's 7x7 / 2 stem, 3 x 400x400 x 4 -> 64: 154 / 30; layer2's
 3x3 / 2, 3 x 100x100, 128 -> 128: 56 / 28; layer3's, 6 x 50x50, 256 -> 256: 59 / 28.
-For the input rows
-u = s a + p of phase p, with left padding pl, the taps i = r + s m (r = (p + pl) mod s)
-are the only ones that reach them:
+For the input rows u = s a + p of phase p, with left padding pl, the taps
+i = r + s m (r = (p + pl) mod s) are the only ones that reach them:
 
     dx[s a + p] = sum_m dY[a + q - m] W[r + s m]^T,   q = (p + pl - r) / s
 
