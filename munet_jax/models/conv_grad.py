@@ -185,7 +185,11 @@ def kernel_gradient(
 ) -> jax.Array:
     """dL/dkernel of conv(x, kernel) (NHWC / HWIO, no dilation) in kernel's dtype: the GEMM
     form where `uses_gemm` says so, lax's transpose of the conv otherwise."""
-    if uses_gemm(x.shape, kernel.shape, g.shape):
+    return _kernel_gradient(x, g, kernel, strides, padding, uses_gemm(x.shape, kernel.shape, g.shape))
+
+
+def _kernel_gradient(x, g, kernel, strides, padding, gemm: bool) -> jax.Array:
+    if gemm:
         return kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
     (gk,) = jax.linear_transpose(lambda k_: _conv(x, k_, strides, padding), kernel)(g.astype(kernel.dtype))
     return gk
@@ -215,11 +219,7 @@ def _bwd(strides, padding, gemm_kernel, phase_input, residuals, g):
         gx = input_gradient_phases(g, kernel, x.shape[1:3], strides, padding).astype(x.dtype)
     else:
         (gx,) = jax.linear_transpose(lambda x_: _conv(x_, kernel, strides, padding), x)(g.astype(x.dtype))
-    if gemm_kernel:
-        gk = kernel_gradient_gemm(x, g, kernel.shape[:2], strides, padding).astype(kernel.dtype)
-    else:
-        (gk,) = jax.linear_transpose(lambda k_: _conv(x, k_, strides, padding), kernel)(g.astype(kernel.dtype))
-    return gx, gk
+    return gx, _kernel_gradient(x, g, kernel, strides, padding, gemm_kernel)
 
 
 conv_cpu_gradients.defvjp(_fwd, _bwd)

@@ -22,6 +22,7 @@ select-and-scatter (not measured there).
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -30,9 +31,8 @@ WINDOW, STRIDE, PAD = 3, 2, 1
 
 
 def _pool(x: jax.Array) -> jax.Array:
-    """[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C] by lax.reduce_window with a -inf border."""
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, WINDOW, WINDOW, 1),
-                             (1, STRIDE, STRIDE, 1), ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    """[B, H, W, C] -> [B, ceil(H/2), ceil(W/2), C]: flax's pool (it pads with -inf, max's identity)."""
+    return nn.max_pool(x, (WINDOW, WINDOW), strides=(STRIDE, STRIDE), padding=((PAD, PAD), (PAD, PAD)))
 
 
 def _padded(x: jax.Array, ho: int, wo: int) -> jax.Array:
