@@ -277,3 +277,44 @@ def test_model_training_gradients_match_lax(monkeypatch):
         # (the key conv's bias: the memory read's softmax is invariant to it).
         error, bound = np.abs(a - b).max(), 1e-5 * np.abs(b).max() + 1e-7 * overall
         assert error <= bound, (jax.tree_util.keystr(path), error, bound)
+
+
+def test_which_convs_run_as_matrix_products_on_cpu():
+    assert jax.default_backend() == "cpu"
+    # bfloat16 unpadded 1x1 convs only: XLA:CPU's bfloat16 dot uses the matrix units, its conv does not.
+    assert conv_grad.uses_matmul((1, 1, 64, 256), ((0, 0), (0, 0)), jnp.bfloat16)
+    assert not conv_grad.uses_matmul((1, 1, 64, 256), ((0, 0), (0, 0)), jnp.float32)
+    assert not conv_grad.uses_matmul((1, 1, 64, 256), ((1, 1), (1, 1)), jnp.bfloat16)
+    assert not conv_grad.uses_matmul((3, 3, 64, 64), ((1, 1), (1, 1)), jnp.bfloat16)
+    with conv_grad.lax_gradients():
+        assert not conv_grad.uses_matmul((1, 1, 64, 256), ((0, 0), (0, 0)), jnp.bfloat16)
+
+
+@pytest.mark.parametrize("shape,stride", [((2, 8, 10, 6), 1), ((3, 9, 7, 4), 2), ((1, 1, 1, 3), 2), ((1, 5, 6, 8), 3)])
+def test_bfloat16_1x1_conv_as_matrix_product_matches_numpy_and_lax(shape, stride):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(1, 1, shape[-1], 5)), jnp.bfloat16)
+
+    def conv(a, b):
+        return conv_grad.conv_general_dilated(a, b, (stride, stride), "VALID", dimension_numbers=NHWC)
+
+    text = str(jax.make_jaxpr(conv)(x, kernel))
+    assert "dot_general" in text and "conv_general_dilated" not in text
+    y, vjp = jax.vjp(conv, x, kernel)
+    # NumPy float64 on the same bfloat16 values: the strided pixels times the kernel.
+    x64, k64 = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    want = x64[:, ::stride, ::stride] @ k64[0, 0]
+    lax_y = lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=NHWC)
+    assert y.dtype == jnp.bfloat16 and y.shape == lax_y.shape == want.shape
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(y, np.float64), want, rtol=0, atol=1e-2 * scale)  # bfloat16 output rounding
+    np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(lax_y, np.float64), rtol=0, atol=1e-2 * scale)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.bfloat16)
+    got_dx, got_dk = jax.jit(vjp)(g)
+    want_dx, want_dk = lax_grads(x.astype(jnp.float32), kernel.astype(jnp.float32), g.astype(jnp.float32), stride,
+                                 ((0, 0), (0, 0)))
+    for got, ref in ((got_dx, want_dx), (got_dk, want_dk)):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref), rtol=0,
+                                   atol=2e-2 * np.abs(np.asarray(ref)).max())

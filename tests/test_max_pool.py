@@ -87,3 +87,20 @@ def test_cpu_uses_the_elementwise_gradient():
     assert "select_and_scatter" not in hlo
     flax_hlo = jax.jit(jax.grad(lambda xx: flax_pool(xx).sum())).lower(x).as_text()
     assert "select_and_scatter" in flax_hlo  # the check can tell the two apart
+
+
+def test_bfloat16_pools_in_float32_on_cpu_exactly():
+    # On XLA:CPU a bfloat16 input is pooled in float32 (its bfloat16 reduce-window is slow): the
+    # same values (max commutes with the widening cast), bfloat16 out, the same gradient.
+    x = jnp.asarray(inputs("levels", (2, 9, 12, 3), seed=5) * 0.37, jnp.bfloat16)
+    y = max_pool.max_pool_3x3_s2(x)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(flax_pool(x), np.float32))
+    if jax.default_backend() == "cpu":
+        assert "f32" in str(jax.make_jaxpr(max_pool.max_pool_3x3_s2)(x))
+    g = jnp.asarray(np.random.default_rng(6).normal(size=y.shape), jnp.bfloat16)
+    got = jax.vjp(max_pool.max_pool_3x3_s2, x)[1](g)[0]
+    reference = numpy_pool_grad(np.asarray(x, np.float32), np.asarray(g, np.float32))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), reference, rtol=0, atol=0.05)
+    np.testing.assert_array_equal(np.asarray(got, np.float32) != 0, reference != 0)

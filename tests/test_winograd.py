@@ -268,3 +268,36 @@ def test_decoder_winograd_matches_direct_with_the_same_parameters():
     a = np.asarray(direct.apply(variables, x, res3, res2))
     b = np.asarray(fast.apply(variables, x, res3, res2))
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * np.abs(a).max())
+
+
+def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
+    # XLA:CPU's bfloat16 direct conv is slower than float32 Winograd: `auto` takes Winograd for
+    # bfloat16 too (in float32, the output cast back), prepared and on the fly.
+    rng = np.random.default_rng(12)
+    x = jnp.asarray(rng.normal(size=(1, 64, 64, 128)), jnp.bfloat16)
+    conv = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
+    v = conv.init(jax.random.PRNGKey(0), x)
+    on_cpu = jax.default_backend() == "cpu"
+    assert _uses_lax_conv(functools.partial(conv.apply, v), x) == (not on_cpu)
+    _, written = conv.apply(v, x, mutable=[winograd.PREPARED])
+    assert bool(written.get(winograd.PREPARED)) == on_cpu
+    prepared = {**v, **written}
+    want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(v["params"]["kernel"].astype(jnp.bfloat16), np.float32))
+    for variables in (v, prepared):
+        got = conv.apply(variables, x)
+        assert got.dtype == jnp.bfloat16
+        # Inputs and kernel rounded to bfloat16 as for the direct conv, the output rounded once.
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    # Training in bfloat16: the gradients are those of the bfloat16 direct conv (`auto` before), up to
+    # bfloat16 rounding (the bias gradient, a sum over the pixels in bfloat16, is the same op in both).
+    g = jnp.asarray(rng.normal(size=(1, 64, 64, 128)), jnp.float32)
+
+    def loss(module, params, xx):
+        return (module.apply({"params": params}, xx).astype(jnp.float32) * g).sum()
+
+    direct = winograd.Conv3x3(128, algorithm="direct", dtype=jnp.bfloat16)
+    got = jax.grad(lambda p, xx: loss(conv, p, xx), argnums=(0, 1))(v["params"], x)
+    want = jax.grad(lambda p, xx: loss(direct, p, xx), argnums=(0, 1))(v["params"], x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0, atol=2e-2 * np.abs(b).max())
