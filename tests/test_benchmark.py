@@ -165,7 +165,10 @@ def test_cpu_peak_is_measured():
     if jax.default_backend() != "cpu":
         pytest.skip("CPU only")
     peak, source = common.peak_gflops("float32")
-    assert peak > 0 and "measured" in source
+    assert peak > 0 and "measured" in source and "float32" in source
+    # bfloat16's own GEMM ceiling (AMX / AVX512-BF16 or emulated): measured on a bfloat16 matmul.
+    bf16_peak, bf16_source = common.peak_gflops("bfloat16")
+    assert bf16_peak > 0 and "bfloat16" in bf16_source and bf16_peak != peak
 
 
 def test_stm_baseline_is_merged_and_compared(tmp_path):
@@ -181,11 +184,13 @@ def test_stm_baseline_is_merged_and_compared(tmp_path):
             "peak_source": "measured"}
     stm_rows = report.read_stm_results(stm)
     # As the command line does: the rows timed with --stm_results are marked as compared with it.
-    tagged = report.tag_compared_rows([ours], stm_rows)
+    ours_bf16 = {**ours, "dtype": "bfloat16", "median_ms": 1200.0}
+    tagged = report.tag_compared_rows([ours, ours_bf16], stm_rows)
     _, md_path = report.write(tmp_path / "out", info, {"inference": tagged, "stm_baseline": stm_rows},
                               {"stm_results": str(stm)})
     text = md_path.read_text()
-    assert "## Against STM" in text and "| 1.50x |" in text
+    assert "## Against STM" in text and "| float32 | auto (decoder only) | dense | 2000.0 | 1.50x |" in text
+    assert "| bfloat16 | auto (decoder only) | dense | 1200.0 | 2.50x |" in text  # STM's float32 against our bfloat16
     assert "| auto (decoder only) |" in text  # a row from before model.conv3x3
     # A later row of other code is not set against that STM run.
     later = {**ours, "conv3x3": "direct", "median_ms": 1000.0}

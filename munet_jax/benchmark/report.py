@@ -55,14 +55,15 @@ def _padded(image) -> list[int]:
 
 def stm_comparison(report: dict) -> list[tuple[dict, dict]]:
     """(STM row, munet_jax inference row) pairs of the same frame size (STM's padded size =
-    the image padded to a multiple of 16), objects, memory frames, float32, where the row was
+    the image padded to a multiple of 16), objects, memory frames, any compute dtype (STM's is
+    float32; the issue's goal allows bfloat16 on CPUs with bfloat16 units), where the row was
     timed together with that STM run (`tag_compared_rows`; files from before it: any row)."""
     pairs = []
     for stm in report.get("stm_baseline") or []:
         for row in report.get("inference") or []:
             if stm.get("baseline_id") is not None and row.get("compared_with") != stm["baseline_id"]:
                 continue
-            if (row.get("config") == "full" and row.get("dtype") == "float32" and row["objects"] == stm["objects"]
+            if (row.get("config") == "full" and row["objects"] == stm["objects"]
                     and row["memory_frames"] == stm["memory_frames"] and _padded(row["image"]) == list(stm["size"])):
                 pairs.append((stm, row))
     return pairs
@@ -243,15 +244,16 @@ def markdown(report: dict) -> str:
             "(no MU-Layer / MSAM); float32, random weights, flush-to-zero. munet_jax: the inference rows above "
             "(its frame also runs the MU-Layer and MSAM, and is padded to the engine's bucket).",
             "",
-            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax 3x3 convs | munet_jax "
-            "memory read | munet_jax ms/frame | speed-up (STM / munet_jax, medians) |",
-            "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: |",
+            "| frame | objects | memory frames | STM ms/frame (torch, threads) | munet_jax dtype | munet_jax 3x3 "
+            "convs | munet_jax memory read | munet_jax ms/frame | speed-up (STM / munet_jax, medians) |",
+            "| --- | ---: | ---: | ---: | --- | --- | --- | ---: | ---: |",
         ]
         for stm, r in pairs:
             lines.append(
                 f"| {stm['size'][0]}x{stm['size'][1]} (munet_jax: {r['image'][0]}x{r['image'][1]} -> "
                 f"{r['bucket'][0]}x{r['bucket'][1]}) | {stm['objects']} | {stm['memory_frames']} "
-                f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {common.conv_label(r)} "
+                f"| {_f(stm['median_ms'])} ({stm.get('torch')}, {stm.get('threads')}) | {r.get('dtype', 'float32')} "
+                f"| {common.conv_label(r)} "
                 f"| {common.read_label(r)} | {_f(r['median_ms'])} | {_f(stm['median_ms'] / r['median_ms'], 2)}x |")
         lines.append("")
     if report.get("parts"):
