@@ -43,10 +43,11 @@ def munet_config() -> ml_collections.ConfigDict:
     c.decoder_dim = 256
     # How the 3x3 convs run (encoder bottlenecks, key/value, decoder; same parameters and
     # function up to float rounding whichever): 'auto' = Winograd F(4x4, 3x3) on XLA:CPU where
-    # it is faster (float32 and bfloat16, computed in float32; >= 128 channels in and out on maps >= 64x64, or >= 64 channels on
-    # maps >= 16x16 with the kernels prepared once for inference: `InferenceEngine.prepare`), lax.conv
-    # elsewhere and on GPU/TPU; 'direct' always lax.conv; 'winograd' every stride-1 3x3 conv
-    # (munet_jax.models.winograd). Run configs from before this field have `decoder_conv`.
+    # it is faster (float32 and bfloat16, computed in float32; >= 128 channels in and out on
+    # maps >= 64x64, or >= 64 channels on maps >= 16x16 with the kernels prepared once for
+    # inference: `InferenceEngine.prepare`), lax.conv elsewhere and on GPU/TPU; 'direct' always
+    # lax.conv; 'winograd' every stride-1 3x3 conv (munet_jax.models.winograd). Run configs from
+    # before this field have `decoder_conv`.
     c.conv3x3 = "auto"
     # How the memory read runs (same values up to float rounding whichever): 'auto' = an
     # online softmax over blocks of memory frames on XLA:CPU when the memory spans more than
