@@ -184,10 +184,12 @@ class _Pair(nn.Module):
     """Two convs of one input through conv3x3_group (as memory.KeyValue)."""
 
     algorithm: str
+    dtype: object = None
 
     @nn.compact
     def __call__(self, x):
-        convs = [winograd.Conv3x3(n, algorithm=self.algorithm, name=name) for n, name in ((128, "a"), (256, "b"))]
+        convs = [winograd.Conv3x3(n, algorithm=self.algorithm, dtype=self.dtype, name=name)
+                 for n, name in ((128, "a"), (256, "b"))]
         return winograd.conv3x3_group(self, x, convs)
 
 
@@ -274,7 +276,7 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
     # XLA:CPU's bfloat16 direct conv is slower than float32 Winograd: `auto` takes Winograd for
     # bfloat16 too (in float32, the output cast back), prepared and on the fly.
     rng = np.random.default_rng(12)
-    x = jnp.asarray(rng.normal(size=(1, 64, 64, 128)), jnp.bfloat16)
+    x = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.bfloat16)  # above TAP_MATMUL_MAX_PIXELS
     conv = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
     v = conv.init(jax.random.PRNGKey(0), x)
     on_cpu = jax.default_backend() == "cpu"
@@ -282,6 +284,9 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
     _, written = conv.apply(v, x, mutable=[winograd.PREPARED])
     assert bool(written.get(winograd.PREPARED)) == on_cpu
     prepared = {**v, **written}
+    if on_cpu:  # Winograd with the prepared kernel (zeroed there, only the bias is left), not tap matmuls
+        zeroed = {**v, winograd.PREPARED: {"kernel": jnp.zeros_like(written[winograd.PREPARED]["kernel"])}}
+        assert float(jnp.abs(conv.apply(zeroed, x) - v["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
     want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(v["params"]["kernel"].astype(jnp.bfloat16), np.float32))
     for variables in (v, prepared):
         got = conv.apply(variables, x)
@@ -290,7 +295,7 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
     # Training in bfloat16: the gradients are those of the bfloat16 direct conv (`auto` before), up to
     # bfloat16 rounding (the bias gradient, a sum over the pixels in bfloat16, is the same op in both).
-    g = jnp.asarray(rng.normal(size=(1, 64, 64, 128)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.float32)
 
     def loss(module, params, xx):
         return (module.apply({"params": params}, xx).astype(jnp.float32) * g).sum()
@@ -301,3 +306,68 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         b = np.asarray(b)
         np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0, atol=2e-2 * np.abs(b).max())
+
+
+def test_tap_matmuls_match_numpy():
+    rng = np.random.default_rng(13)
+    x = jnp.asarray(rng.normal(size=(2, 7, 9, 16)), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 24)), jnp.bfloat16)
+    got = jax.jit(winograd.conv3x3_tap_matmuls)(x, kernel)
+    want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(kernel, np.float32))
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    # float32 in: exact up to float32 rounding (the same sum as the direct conv).
+    x32, k32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
+    np.testing.assert_allclose(np.asarray(winograd.conv3x3_tap_matmuls(x32, k32)), want, rtol=0,
+                               atol=1e-5 * np.abs(want).max())
+
+
+def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
+    # bfloat16 on XLA:CPU, maps of <= TAP_MATMUL_MAX_PIXELS: 9 matrix products (no conv, no
+    # Winograd); the prepared kernel is still recorded (prepare runs on a small dummy frame) and
+    # a larger map uses it.
+    on_cpu = jax.default_backend() == "cpu"
+    rng = np.random.default_rng(14)
+    small = jnp.asarray(rng.normal(size=(1, 15, 27, 64)), jnp.bfloat16)  # 405 pixels: STM's res4 at 240x432
+    conv = winograd.Conv3x3(64, algorithm="auto", dtype=jnp.bfloat16)
+    v = conv.init(jax.random.PRNGKey(0), small)
+    out, written = conv.apply(v, small, mutable=[winograd.PREPARED])
+    assert bool(written.get(winograd.PREPARED)) == on_cpu
+    prepared = {**v, **written}
+    text = str(jax.make_jaxpr(functools.partial(conv.apply, prepared))(small))
+    assert ("conv_general_dilated" not in text and "dot_general" in text) == on_cpu
+    kernel = np.asarray(v["params"]["kernel"].astype(jnp.bfloat16), np.float32)
+    want = numpy_conv3x3(np.asarray(small, np.float32), kernel) + np.asarray(v["params"]["bias"])
+    got = conv.apply(prepared, small)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    large = jnp.asarray(rng.normal(size=(1, 96, 96, 64)), jnp.bfloat16)  # 9,216 pixels: Winograd, prepared
+    text = str(jax.make_jaxpr(functools.partial(conv.apply, prepared))(large))
+    assert ("conv_general_dilated" not in text and "dot_general" in text) == on_cpu  # Winograd's GEMMs
+    zeroed = {**v, winograd.PREPARED: {"kernel": jnp.zeros_like(written[winograd.PREPARED]["kernel"])}} if on_cpu else v
+    if on_cpu:  # the large map reads the prepared kernel, the small one does not
+        assert float(jnp.abs(conv.apply(zeroed, large) - v["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
+        np.testing.assert_array_equal(np.asarray(conv.apply(zeroed, small)), np.asarray(got))
+    # float32 keeps Winograd on small maps too.
+    conv32 = winograd.Conv3x3(64, algorithm="auto")
+    written32 = conv32.apply(v, small.astype(jnp.float32), mutable=[winograd.PREPARED])[1]
+    text = str(jax.make_jaxpr(functools.partial(conv32.apply, {**v, **written32}))(small.astype(jnp.float32)))
+    assert "dot_general" in text and "conv_general_dilated" not in text if on_cpu else True
+
+
+def test_conv3x3_group_runs_small_bfloat16_maps_as_one_tap_matmul_conv():
+    rng = np.random.default_rng(15)
+    x = jnp.asarray(rng.normal(size=(1, 8, 14, 64)), jnp.bfloat16)
+    pair = _Pair("auto", jnp.bfloat16)
+    v = pair.init(jax.random.PRNGKey(0), x)
+    _, written = pair.apply(v, x, mutable=[winograd.PREPARED])
+    prepared = {**v, **written}
+    got = pair.apply(prepared, x)
+    for out, name in zip(got, ("a", "b")):
+        p = v["params"][name]
+        want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(p["kernel"].astype(jnp.bfloat16), np.float32))
+        want = want + np.asarray(p["bias"])
+        assert out.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    if jax.default_backend() == "cpu":
+        text = str(jax.make_jaxpr(functools.partial(pair.apply, prepared))(x))
+        assert "conv_general_dilated" not in text and text.count("dot_general") == 9  # one conv for both

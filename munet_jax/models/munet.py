@@ -240,8 +240,9 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
     `auto` use Winograd on the small stride-8/16 maps (key/value convs, res3/res4
     bottlenecks), where a per-call transform costs more than it saves.
 
-    Empty ({}) where no conv uses Winograd: GPU/TPU backends, bfloat16 models,
-    `conv3x3='direct'`, models narrower than 64 channels. With the full model on
+    Empty ({}) where no conv uses Winograd: GPU/TPU backends, `conv3x3='direct'`,
+    models narrower than 64 channels (bfloat16 models on XLA:CPU have them too: their
+    Winograd convs run in float32). With the full model on
     XLA:CPU it holds 4x the weights of those convs (440 MiB float32). A
     `winograd.PREPARED` collection already in `variables` is ignored (recomputed).
     Call it outside jit (it dispatches one jitted transform per kernel).

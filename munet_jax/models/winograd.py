@@ -96,6 +96,15 @@ PREPARED_MIN_CHANNELS = 64
 # Winograd's GEMMs themselves in bfloat16 were 1.6x faster but 7% of the output's largest
 # magnitude off (F(4x4, 3x3)'s transforms amplify bfloat16's rounding): not done.
 AUTO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+# bfloat16 on XLA:CPU, maps of at most this many pixels: `auto` runs the conv as 9 bfloat16
+# matrix products (`conv3x3_tap_matmuls`, on the CPU's matrix units) instead of Winograd,
+# whose prepared kernel (36 / 9 = 4x the kernel, float32) is then read from memory for too
+# few tiles. Measured alone on a Xeon with AMX, 3x3 1024 -> 640 (the key/value convs): 15x27
+# 6.8 against 15.7 ms, 30x54 37.8 against 46.4 ms; 256 -> 256 at 30x54 5.2 against 4.8 ms;
+# 128 -> 128 at 60x108 6.7 against 5.6 ms; 256 -> 256 at 120x216 113 against 76 ms. In the
+# whole bfloat16 frame (interleaved): 240x432 329-336 -> 275 ms with 2048 pixels, 270-280
+# with 8192; 480p 1098 -> 996 ms with 2048, 8192 1-5% faster again (res3's 60x108 too).
+TAP_MATMUL_MAX_PIXELS = 8192
 
 # Variable collection of prepared (transformed) kernels, mirroring the params tree.
 PREPARED = "winograd_kernels"
@@ -252,6 +261,32 @@ def _auto_preparable(kernel_shape, dtype) -> bool:
             and min(kernel_shape[2:]) >= PREPARED_MIN_CHANNELS)
 
 
+def _auto_tap_matmuls(x_shape, kernel_shape, dtype) -> bool:
+    """`auto` as 9 bfloat16 matrix products: XLA:CPU, bfloat16, small maps, 64+ channels."""
+    return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
+            and x_shape[-3] * x_shape[-2] <= TAP_MATMUL_MAX_PIXELS
+            and min(kernel_shape[2:]) >= PREPARED_MIN_CHANNELS)
+
+
+def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The 3x3 conv (stride 1, padding 1) as one matrix product per kernel tap, summed in float32:
+
+        y = sum_ij  xp[:, i:i+H, j:j+W, :] @ kernel[i, j]      [N, H, W, C] @ [C, K] -> [N, H, W, K]
+
+    x [N, H, W, C], kernel [3, 3, C, K] -> [N, H, W, K] in x's dtype. For bfloat16 on XLA:CPU,
+    where a dot runs on the matrix units and a conv does not; gradients by autodiff (dots).
+    """
+    _, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = None
+    for i in range(3):
+        for j in range(3):
+            tap = lax.dot_general(xp[:, i:i + h, j:j + w], kernel[i, j].astype(x.dtype), (((3,), (0,)), ((), ())),
+                                  preferred_element_type=jnp.float32)
+            y = tap if y is None else y + tap
+    return y.astype(x.dtype)
+
+
 def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
     """x [N, H, W, C], kernel [3, 3, C, K] -> [N, ceil(H / s), ceil(W / s), K], padding 1 (as nn.Conv);
     lax's conv, with the kernel gradient as GEMMs where that is faster (munet_jax.models.conv_grad)."""
@@ -267,10 +302,12 @@ class Conv3x3(nn.Module):
     imported weights are unchanged whichever `algorithm` runs:
       'direct'   always `lax.conv_general_dilated`;
       'winograd' every stride-1 call (any backend / dtype; computed in float32);
-      'auto'     on XLA:CPU for float32 and bfloat16 (computed in float32): with a prepared kernel for 64+ channels
-                 in and out and maps of 16x16 and more, otherwise (the kernel
-                 transformed on every call) for 128+ channels and maps of 64x64
-                 and more.
+      'auto'     on XLA:CPU for float32 and bfloat16 (computed in float32): with a
+                 prepared kernel for 64+ channels in and out and maps of 16x16 and
+                 more, otherwise (the kernel transformed on every call) for 128+
+                 channels and maps of 64x64 and more; in bfloat16, maps of at most
+                 `TAP_MATMUL_MAX_PIXELS` (64+ channels) as 9 bfloat16 matrix
+                 products (`conv3x3_tap_matmuls`) instead.
     Prepared kernel: U in the `PREPARED` collection at this module's path
     ('kernel'), written when that collection is mutable (and not during init),
     read when it is present.
@@ -309,7 +346,10 @@ class Conv3x3(nn.Module):
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if self.strides == 1 and self.algorithm != "direct":
             eligible = self.algorithm == "winograd" or _auto_preparable(kernel.shape, x.dtype)
+            # Recorded whatever this call's map size (`prepare` runs on a small dummy frame).
             u = _prepared(self, "kernel", eligible, lambda: transform_kernel(kernel))
+            if self.algorithm == "auto" and _auto_tap_matmuls(x.shape, kernel.shape, x.dtype):
+                return conv3x3_tap_matmuls(x, kernel)
             if u is not None and _prepared_applies(self.algorithm, x.shape):
                 return conv3x3_transformed(x, u)
             if self.algorithm == "winograd" or _auto_on_the_fly(x.shape, kernel.shape, x.dtype):
@@ -360,9 +400,14 @@ def conv3x3_group(parent: nn.Module, x: jax.Array, convs: Sequence[Conv3x3]) -> 
         return [conv(x) for conv in convs]
     xc = nn.dtypes.promote_dtype(x, kernels[0][0], dtype=first.dtype)[0]
     x4 = xc.reshape((-1,) + xc.shape[-3:])  # [N, H, W, C]
-    if _prepared_applies(first.algorithm, x.shape):
+    splits = np.cumsum([c.features for c in convs])[:-1].tolist()
+    joined_shape = kernels[0][0].shape[:3] + (sum(c.features for c in convs),)
+    if first.algorithm == "auto" and _auto_tap_matmuls(x.shape, joined_shape, xc.dtype):
+        y = conv3x3_tap_matmuls(x4, jnp.concatenate([k for k, _ in kernels], -1))  # [N, H, W, K1 + K2 + ...]
+        outs = jnp.split(y, splits, axis=-1)
+    elif _prepared_applies(first.algorithm, x.shape):
         y = conv3x3_transformed(x4, u)  # [N, H, W, K1 + K2 + ...]
-        outs = jnp.split(y, np.cumsum([c.features for c in convs])[:-1].tolist(), axis=-1)
+        outs = jnp.split(y, splits, axis=-1)
     else:  # a small map: lax, here rather than in the children (they would record their own kernels)
         outs = [_lax_conv3x3(x4, k.astype(xc.dtype), 1) for k, _ in kernels]
     outs = [o.reshape(xc.shape[:-3] + o.shape[1:]) for o in outs]
