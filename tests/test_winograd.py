@@ -316,6 +316,13 @@ def test_tap_matmuls_match_numpy():
     want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(kernel, np.float32))
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    # Gradients: the direct conv's (the drop-in lax conv), not autodiff's through the taps.
+    g = jnp.asarray(rng.normal(size=got.shape), jnp.bfloat16)
+    ours = jax.jit(jax.vjp(winograd.conv3x3_tap_matmuls, x, kernel)[1])(g)
+    direct = jax.jit(jax.vjp(lambda a, b: winograd._lax_conv3x3(a, b, 1), x, kernel)[1])(g)
+    for a, b in zip(ours, direct):
+        assert a.dtype == jnp.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     # float32 in: exact up to float32 rounding (the same sum as the direct conv).
     x32, k32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
     np.testing.assert_allclose(np.asarray(winograd.conv3x3_tap_matmuls(x32, k32)), want, rtol=0,

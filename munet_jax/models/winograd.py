@@ -268,14 +268,21 @@ def _auto_tap_matmuls(x_shape, kernel_shape, dtype) -> bool:
             and min(kernel_shape[2:]) >= PREPARED_MIN_CHANNELS)
 
 
+@jax.custom_vjp
 def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """The 3x3 conv (stride 1, padding 1) as one matrix product per kernel tap, summed in float32:
 
         y = sum_ij  xp[:, i:i+H, j:j+W, :] @ kernel[i, j]      [N, H, W, C] @ [C, K] -> [N, H, W, K]
 
     x [N, H, W, C], kernel [3, 3, C, K] -> [N, H, W, K] in x's dtype. For bfloat16 on XLA:CPU,
-    where a dot runs on the matrix units and a conv does not; gradients by autodiff (dots).
+    where a dot runs on the matrix units and a conv does not. Gradients: the direct conv's
+    (`_lax_conv3x3`'s, as before this path existed): autodiff through the taps made the
+    bfloat16 training step slower (6 x 400x400, 3 objects: 38.8 -> 44.1 s, interleaved).
     """
+    return _tap_matmuls(x, kernel)
+
+
+def _tap_matmuls(x, kernel):
     _, h, w, _ = x.shape
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = None
@@ -285,6 +292,20 @@ def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array) -> jax.Array:
                                   preferred_element_type=jnp.float32)
             y = tap if y is None else y + tap
     return y.astype(x.dtype)
+
+
+def _tap_matmuls_fwd(x, kernel):
+    return _tap_matmuls(x, kernel), (x, kernel)
+
+
+def _tap_matmuls_bwd(residuals, g):
+    x, kernel = residuals
+    _, vjp = jax.vjp(lambda a, b: _lax_conv3x3(a, b, 1), x, kernel.astype(x.dtype))
+    gx, gk = vjp(g.astype(x.dtype))
+    return gx, gk.astype(kernel.dtype)
+
+
+conv3x3_tap_matmuls.defvjp(_tap_matmuls_fwd, _tap_matmuls_bwd)
 
 
 def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
