@@ -321,6 +321,36 @@ def test_prepared_winograd_kernels_give_the_same_video(model, variables):
     np.testing.assert_allclose(with_prepared, direct, atol=1e-3)
 
 
+def test_prepare_casts_conv_kernels_of_a_bfloat16_model_and_changes_no_output(model, variables):
+    # Each conv casts its kernel to the compute dtype anyway: casting once in prepare must give
+    # bit-identical frames (and leave norms, biases and float32 models alone).
+    cfg = inference_config()
+    cfg.size_buckets = (BUCKET,)
+    cfg.object_buckets = (2,)
+    frames, masks = render_video(9, 4, 30, 40, 2)
+    config = tiny_munet_config()
+    config.dtype = "bfloat16"
+    engine = InferenceEngine(build_model(config), cfg)
+    prepared = engine.prepare(variables)
+    assert engine.prepare(prepared) is prepared
+    leaves = dict(jax.tree_util.tree_leaves_with_path(variables["params"]))
+    cast = dict(jax.tree_util.tree_leaves_with_path(prepared["params"]))
+    kernels = [p for p in leaves if p[-1].key == "kernel"]
+    assert len(kernels) > 20 and all(cast[p].dtype == jnp.bfloat16 for p in kernels)
+    for p, leaf in leaves.items():
+        np.testing.assert_array_equal(np.asarray(cast[p], np.float32), np.asarray(leaf.astype(cast[p].dtype), np.float32))
+        if p[-1].key != "kernel":
+            assert cast[p].dtype == jnp.float32
+    assert prepared["batch_stats"] is variables["batch_stats"]
+    got = segment_video(engine, prepared, frames, masks[0], return_probs=True)
+    engine.prepare = lambda v: v  # segment_video prepares bare variables: run them bare here
+    want = segment_video(engine, variables, frames, masks[0], return_probs=True)
+    assert np.abs(got["probs"][1:, 1:] - 0.5).max() < 0.5  # not saturated: a changed bit would show
+    np.testing.assert_array_equal(got["probs"], want["probs"])
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    assert InferenceEngine(model, cfg).prepare(variables) is variables  # float32: nothing to cast or add
+
+
 def test_full_model_prepares_the_wide_stride_1_convs_on_cpu():
     # Shapes only (eval_shape): which convs of the paper-size model get a prepared kernel under 'auto'.
     model = build_model(munet_config())

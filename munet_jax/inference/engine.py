@@ -255,11 +255,12 @@ class InferenceEngine:
         self._video = jax.jit(video_fn, static_argnames=("return_probs",))
 
     def prepare(self, variables: dict) -> dict:
-        """{'params', 'batch_stats'} -> the same plus the prepared Winograd kernels (if any conv uses them).
+        """{'params', 'batch_stats'} -> the same plus the prepared Winograd kernels (if any conv uses them),
+        with the conv kernels in the model's compute dtype (bfloat16 models; outputs unchanged).
 
         Pass what this returns to init / step / video: the 3x3 convs' kernel
-        transforms then run once here, not in every frame (`munet.prepared_kernels`;
-        480p on a 2-core CPU: see benchmarks/results). Variables that already hold
+        transforms and the kernels' casts then run once here, not in every frame
+        (`munet.with_prepared_kernels`; 480p on a 2-core CPU: see benchmarks/results). Variables that already hold
         prepared kernels are returned as they are, so preparing twice costs
         nothing; after changing the parameters, prepare from the new bare variables.
         Raw variables work too (the transforms then run inside every step).

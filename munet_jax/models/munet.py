@@ -268,7 +268,37 @@ def prepared_kernels(model: MUNet, variables: dict) -> dict:
     return dict(jax.tree_util.tree_map_with_path(transform, _RECORDED[key]))
 
 
+def with_compute_dtype_kernels(model: MUNet, variables: dict) -> dict:
+    """`variables` with every conv kernel ('kernel' params) already in the model's compute dtype.
+
+    Each conv casts its float32 kernel to the compute dtype before use (flax's
+    `promote_dtype`), so with a bfloat16 (or float16) model casting them once here
+    changes no output bit and saves the casts in every frame's program: at 240x432
+    on a 2-core Xeon the bfloat16 frame took 270 -> 252, 311 -> 289 and 368 -> 339 ms
+    (three interleaved runs): the full model has 39 M kernel parameters (157 MB in
+    float32) and XLA:CPU converts them at a few GB/s. For inference only (an optimizer must see float32 parameters). The same
+    dict where nothing changes (float32 models, kernels already cast).
+    """
+    dtype = jnp.dtype(compute_dtype(model.config))
+    if dtype == jnp.float32:
+        return variables
+    changed = False
+
+    def cast(path, leaf):
+        nonlocal changed
+        if path[-1].key == "kernel" and leaf.dtype != dtype:
+            changed = True
+            return leaf.astype(dtype)
+        return leaf
+
+    params = jax.tree_util.tree_map_with_path(cast, variables["params"])
+    return {**variables, "params": params} if changed else variables
+
+
 def with_prepared_kernels(model: MUNet, variables: dict) -> dict:
-    """`variables` plus their `prepared_kernels` collection (the same dict where there is none to add)."""
+    """`variables` ready for inference: plus their `prepared_kernels` collection (from the
+    float32 kernels), with the conv kernels in the compute dtype (`with_compute_dtype_kernels`).
+    The same dict where there is nothing to add or cast."""
     kernels = prepared_kernels(model, variables)
-    return {**variables, winograd.PREPARED: kernels} if kernels else variables
+    cast = with_compute_dtype_kernels(model, variables)
+    return {**cast, winograd.PREPARED: kernels} if kernels else cast
