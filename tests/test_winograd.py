@@ -331,12 +331,12 @@ def test_tap_matmuls_match_numpy():
 
 def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     # bfloat16 on XLA:CPU, maps of <= TAP_MATMUL_MAX_PIXELS: 9 matrix products (no conv, no
-    # Winograd); the prepared kernel is still recorded (prepare runs on a small dummy frame) and
-    # a larger map uses it.
+    # Winograd) with 256+ channels; the prepared kernel is still recorded (prepare runs on a
+    # small dummy frame) and a larger map uses it. 128 channels keep the prepared Winograd.
     on_cpu = jax.default_backend() == "cpu"
     rng = np.random.default_rng(14)
-    small = jnp.asarray(rng.normal(size=(1, 15, 27, 64)), jnp.bfloat16)  # 405 pixels: STM's res4 at 240x432
-    conv = winograd.Conv3x3(64, algorithm="auto", dtype=jnp.bfloat16)
+    small = jnp.asarray(rng.normal(size=(1, 15, 27, 256)), jnp.bfloat16)  # 405 pixels: STM's res4 at 240x432
+    conv = winograd.Conv3x3(256, algorithm="auto", dtype=jnp.bfloat16)
     v = conv.init(jax.random.PRNGKey(0), small)
     out, written = conv.apply(v, small, mutable=[winograd.PREPARED])
     assert bool(written.get(winograd.PREPARED)) == on_cpu
@@ -347,23 +347,30 @@ def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     want = numpy_conv3x3(np.asarray(small, np.float32), kernel) + np.asarray(v["params"]["bias"])
     got = conv.apply(prepared, small)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
-    large = jnp.asarray(rng.normal(size=(1, 96, 96, 64)), jnp.bfloat16)  # 9,216 pixels: Winograd, prepared
+    large = jnp.asarray(rng.normal(size=(1, 96, 96, 256)), jnp.bfloat16)  # 9,216 pixels: Winograd, prepared
     text = str(jax.make_jaxpr(functools.partial(conv.apply, prepared))(large))
     assert ("conv_general_dilated" not in text and "dot_general" in text) == on_cpu  # Winograd's GEMMs
     zeroed = {**v, winograd.PREPARED: {"kernel": jnp.zeros_like(written[winograd.PREPARED]["kernel"])}} if on_cpu else v
     if on_cpu:  # the large map reads the prepared kernel, the small one does not
         assert float(jnp.abs(conv.apply(zeroed, large) - v["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
         np.testing.assert_array_equal(np.asarray(conv.apply(zeroed, small)), np.asarray(got))
+        # 128 channels: too thin for the matrix units, the small map reads the prepared kernel.
+        thin = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
+        small128 = small[..., :128]
+        v128 = thin.init(jax.random.PRNGKey(1), small128)
+        u128 = thin.apply(v128, small128, mutable=[winograd.PREPARED])[1][winograd.PREPARED]["kernel"]
+        zeroed128 = {**v128, winograd.PREPARED: {"kernel": jnp.zeros_like(u128)}}
+        assert float(jnp.abs(thin.apply(zeroed128, small128) - v128["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
     # float32 keeps Winograd on small maps too.
-    conv32 = winograd.Conv3x3(64, algorithm="auto")
+    conv32 = winograd.Conv3x3(256, algorithm="auto")
     written32 = conv32.apply(v, small.astype(jnp.float32), mutable=[winograd.PREPARED])[1]
     text = str(jax.make_jaxpr(functools.partial(conv32.apply, {**v, **written32}))(small.astype(jnp.float32)))
     assert "dot_general" in text and "conv_general_dilated" not in text if on_cpu else True
 
 
-def test_conv3x3_group_runs_small_bfloat16_maps_as_one_tap_matmul_conv():
+def test_conv3x3_group_runs_small_bfloat16_maps_as_tap_matmul_convs():
     rng = np.random.default_rng(15)
-    x = jnp.asarray(rng.normal(size=(1, 8, 14, 64)), jnp.bfloat16)
+    x = jnp.asarray(rng.normal(size=(1, 8, 14, 256)), jnp.bfloat16)
     pair = _Pair("auto", jnp.bfloat16)
     v = pair.init(jax.random.PRNGKey(0), x)
     _, written = pair.apply(v, x, mutable=[winograd.PREPARED])
@@ -377,4 +384,5 @@ def test_conv3x3_group_runs_small_bfloat16_maps_as_one_tap_matmul_conv():
         np.testing.assert_allclose(np.asarray(out, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
     if jax.default_backend() == "cpu":
         text = str(jax.make_jaxpr(functools.partial(pair.apply, prepared))(x))
-        assert "conv_general_dilated" not in text and text.count("dot_general") == 9  # one conv for both
+        # 9 products for each conv, the kernels not joined (that copied them in every call).
+        assert "conv_general_dilated" not in text and "concatenate" not in text and text.count("dot_general") == 18

@@ -105,6 +105,11 @@ AUTO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # whole bfloat16 frame (interleaved): 240x432 329-336 -> 275 ms with 2048 pixels, 270-280
 # with 8192; 480p 1098 -> 996 ms with 2048, 8192 1-5% faster again (res3's 60x108 too).
 TAP_MATMUL_MAX_PIXELS = 8192
+# ... and with at least this many channels in and out: with 64 or 128 the products are too
+# thin for the matrix units (3x3 64 -> 64 at 60x108: 3.4 ms as taps, 1.7 ms prepared
+# Winograd). Parts of the bfloat16 frame at 240x432, interleaved, 64 -> 256: Enc-Q 66.8 ->
+# 57.6 ms, Enc-R 81.7 -> 75.0 ms; Enc-Q at 480x864 251 -> 249 ms.
+TAP_MATMUL_MIN_CHANNELS = 256
 
 # Variable collection of prepared (transformed) kernels, mirroring the params tree.
 PREPARED = "winograd_kernels"
@@ -262,10 +267,10 @@ def _auto_preparable(kernel_shape, dtype) -> bool:
 
 
 def _auto_tap_matmuls(x_shape, kernel_shape, dtype) -> bool:
-    """`auto` as 9 bfloat16 matrix products: XLA:CPU, bfloat16, small maps, 64+ channels."""
+    """`auto` as 9 bfloat16 matrix products: XLA:CPU, bfloat16, small maps, 256+ channels."""
     return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
             and x_shape[-3] * x_shape[-2] <= TAP_MATMUL_MAX_PIXELS
-            and min(kernel_shape[2:]) >= PREPARED_MIN_CHANNELS)
+            and min(kernel_shape[2:]) >= TAP_MATMUL_MIN_CHANNELS)
 
 
 @jax.custom_vjp
@@ -327,7 +332,7 @@ class Conv3x3(nn.Module):
                  prepared kernel for 64+ channels in and out and maps of 16x16 and
                  more, otherwise (the kernel transformed on every call) for 128+
                  channels and maps of 64x64 and more; in bfloat16, maps of at most
-                 `TAP_MATMUL_MAX_PIXELS` (64+ channels) as 9 bfloat16 matrix
+                 `TAP_MATMUL_MAX_PIXELS` (256+ channels) as 9 bfloat16 matrix
                  products (`conv3x3_tap_matmuls`) instead.
     Prepared kernel: U in the `PREPARED` collection at this module's path
     ('kernel'), written when that collection is mutable (and not during init),
@@ -424,8 +429,9 @@ def conv3x3_group(parent: nn.Module, x: jax.Array, convs: Sequence[Conv3x3]) -> 
     splits = np.cumsum([c.features for c in convs])[:-1].tolist()
     joined_shape = kernels[0][0].shape[:3] + (sum(c.features for c in convs),)
     if first.algorithm == "auto" and _auto_tap_matmuls(x.shape, joined_shape, xc.dtype):
-        y = conv3x3_tap_matmuls(x4, jnp.concatenate([k for k, _ in kernels], -1))  # [N, H, W, K1 + K2 + ...]
-        outs = jnp.split(y, splits, axis=-1)
+        # Each conv's taps alone: joining the kernels copied them in every call (key/value
+        # 1024 -> 128 + 512 at 15x27: 8.5 ms joined, 6.0 separate; 30x54: 35.8 against 29.5).
+        outs = [conv3x3_tap_matmuls(x4, k.astype(xc.dtype)) for k, _ in kernels]
     elif _prepared_applies(first.algorithm, x.shape):
         y = conv3x3_transformed(x4, u)  # [N, H, W, K1 + K2 + ...]
         outs = jnp.split(y, splits, axis=-1)
