@@ -329,6 +329,38 @@ def test_tap_matmuls_match_numpy():
                                atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 9, 16), (1, 8, 6, 16), (1, 1, 1, 16)])
+def test_stride_2_tap_matmuls_match_numpy(shape):
+    # A stride-2 conv with padding 1 is the stride-1 conv at even rows and columns.
+    rng = np.random.default_rng(16)
+    x = jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, 16, 24)), jnp.bfloat16)
+    got = jax.jit(winograd.conv3x3_tap_matmuls, static_argnums=2)(x, kernel, 2)
+    want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(kernel, np.float32))[:, ::2, ::2]
+    assert got.dtype == jnp.bfloat16 and got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    g = jnp.asarray(rng.normal(size=got.shape), jnp.bfloat16)
+    ours = jax.vjp(lambda a, b: winograd.conv3x3_tap_matmuls(a, b, 2), x, kernel)[1](g)
+    direct = jax.vjp(lambda a, b: winograd._lax_conv3x3(a, b, 2), x, kernel)[1](g)
+    for a, b in zip(ours, direct):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    with pytest.raises(ValueError, match="strides=3"):
+        winograd.conv3x3_tap_matmuls(x, kernel, 3)
+
+
+def test_auto_runs_bfloat16_stride_2_convs_with_128_channels_as_tap_matmuls():
+    x = jnp.asarray(np.random.default_rng(17).normal(size=(1, 12, 10, 128)), jnp.bfloat16)
+    for features, dtype, taps in ((128, jnp.bfloat16, True), (64, jnp.bfloat16, False), (128, jnp.float32, False)):
+        conv = winograd.Conv3x3(features, strides=2, algorithm="auto", dtype=dtype)
+        v = conv.init(jax.random.PRNGKey(0), x)
+        text = str(jax.make_jaxpr(functools.partial(conv.apply, v))(x))
+        on_taps = "conv_general_dilated" not in text and text.count("dot_general") == 9
+        assert on_taps == (taps and jax.default_backend() == "cpu"), (features, dtype)
+        want = winograd._lax_conv3x3(x.astype(dtype), v["params"]["kernel"].astype(dtype), 2) + v["params"]["bias"].astype(dtype)
+        np.testing.assert_allclose(np.asarray(conv.apply(v, x), np.float32), np.asarray(want, np.float32),
+                                   rtol=0, atol=2e-2 * float(jnp.abs(want).max()))
+
+
 def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     # bfloat16 on XLA:CPU, maps of <= TAP_MATMUL_MAX_PIXELS: 9 matrix products (no conv, no
     # Winograd) with 256+ channels; the prepared kernel is still recorded (prepare runs on a

@@ -110,6 +110,12 @@ TAP_MATMUL_MAX_PIXELS = 8192
 # Winograd). Parts of the bfloat16 frame at 240x432, interleaved, 64 -> 256: Enc-Q 66.8 ->
 # 57.6 ms, Enc-R 81.7 -> 75.0 ms; Enc-Q at 480x864 251 -> 249 ms.
 TAP_MATMUL_MIN_CHANNELS = 256
+# Stride-2 3x3 convs in bfloat16 on XLA:CPU with at least this many channels in and out run as
+# tap matmuls at any map size: the alternative is lax's conv (Winograd is stride 1 only), which
+# XLA:CPU widens to float32. The bottlenecks' stride-2 convs, alone, interleaved: 128 -> 128
+# from 60x108 3.5 -> 2.0 ms, from 120x216 12.9 -> 7.8 ms; 256 -> 256 from 30x54 4.8 -> 1.9 ms,
+# from 60x108 14.1 -> 5.9 ms.
+STRIDED_TAP_MATMUL_MIN_CHANNELS = 128
 
 # Variable collection of prepared (transformed) kernels, mirroring the params tree.
 PREPARED = "winograd_kernels"
@@ -273,44 +279,68 @@ def _auto_tap_matmuls(x_shape, kernel_shape, dtype) -> bool:
             and min(kernel_shape[2:]) >= TAP_MATMUL_MIN_CHANNELS)
 
 
-@jax.custom_vjp
-def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """The 3x3 conv (stride 1, padding 1) as one matrix product per kernel tap, summed in float32:
+def _auto_strided_tap_matmuls(strides, kernel_shape, dtype) -> bool:
+    """`auto` for a stride-2 conv: tap matmuls on XLA:CPU in bfloat16 with 128+ channels."""
+    return (strides == 2 and jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
+            and min(kernel_shape[2:]) >= STRIDED_TAP_MATMUL_MIN_CHANNELS)
+
+
+def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.Array:
+    """The 3x3 conv (padding 1, stride 1 or 2) as one matrix product per kernel tap, summed in float32:
 
         y = sum_ij  xp[:, i:i+H, j:j+W, :] @ kernel[i, j]      [N, H, W, C] @ [C, K] -> [N, H, W, K]
 
-    x [N, H, W, C], kernel [3, 3, C, K] -> [N, H, W, K] in x's dtype. For bfloat16 on XLA:CPU,
-    where a dot runs on the matrix units and a conv does not. Gradients: the direct conv's
+    (stride 2: every other row and column of each shifted window, read from the even / odd
+    phases of xp so that each tap's rows are contiguous). x [N, H, W, C], kernel [3, 3, C, K]
+    -> [N, ceil(H / s), ceil(W / s), K] in x's dtype. For bfloat16 on XLA:CPU, where a dot
+    runs on the matrix units and a conv does not. Gradients: the direct conv's
     (`_lax_conv3x3`'s, as before this path existed): autodiff through the taps made the
     bfloat16 training step slower (6 x 400x400, 3 objects: 38.8 -> 44.1 s, interleaved).
     """
-    return _tap_matmuls(x, kernel)
+    if strides not in (1, 2):
+        raise ValueError(f"conv3x3_tap_matmuls: strides={strides!r}, only 1 and 2 are supported")
+    return _tap_conv(x, kernel, strides)
 
 
-def _tap_matmuls(x, kernel):
-    _, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+def _tap_matmuls(x, kernel, strides):
+    n, h, w, c = x.shape
+    if strides == 1:
+        xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+        def window(i, j):  # [N, H, W, C]
+            return xp[:, i:i + h, j:j + w]
+    else:
+        ho, wo = -(-h // 2), -(-w // 2)
+        # Padding 1 and as many zeros after as make the rows / columns even: [N, 2Ho + 2, 2Wo + 2, C],
+        # split into phases xp[:, 2a + p, 2b + q] = phases[:, a, p, b, q] (a strided slice per tap
+        # made each tap's copy slower).
+        xp = jnp.pad(x, ((0, 0), (1, 2 * ho + 1 - h), (1, 2 * wo + 1 - w), (0, 0)))
+        phases = xp.reshape(n, ho + 1, 2, wo + 1, 2, c)
+
+        def window(i, j):  # rows 2o + i, columns 2v + j of xp for o < Ho, v < Wo: [N, Ho, Wo, C]
+            return phases[:, i // 2:i // 2 + ho, i % 2, j // 2:j // 2 + wo, j % 2]
     y = None
     for i in range(3):
         for j in range(3):
-            tap = lax.dot_general(xp[:, i:i + h, j:j + w], kernel[i, j].astype(x.dtype), (((3,), (0,)), ((), ())),
+            tap = lax.dot_general(window(i, j), kernel[i, j].astype(x.dtype), (((3,), (0,)), ((), ())),
                                   preferred_element_type=jnp.float32)
             y = tap if y is None else y + tap
     return y.astype(x.dtype)
 
 
-def _tap_matmuls_fwd(x, kernel):
-    return _tap_matmuls(x, kernel), (x, kernel)
+def _tap_matmuls_fwd(x, kernel, strides):
+    return _tap_matmuls(x, kernel, strides), (x, kernel)
 
 
-def _tap_matmuls_bwd(residuals, g):
+def _tap_matmuls_bwd(strides, residuals, g):
     x, kernel = residuals
-    _, vjp = jax.vjp(lambda a, b: _lax_conv3x3(a, b, 1), x, kernel.astype(x.dtype))
+    _, vjp = jax.vjp(lambda a, b: _lax_conv3x3(a, b, strides), x, kernel.astype(x.dtype))
     gx, gk = vjp(g.astype(x.dtype))
     return gx, gk.astype(kernel.dtype)
 
 
-conv3x3_tap_matmuls.defvjp(_tap_matmuls_fwd, _tap_matmuls_bwd)
+_tap_conv = jax.custom_vjp(_tap_matmuls, nondiff_argnums=(2,))
+_tap_conv.defvjp(_tap_matmuls_fwd, _tap_matmuls_bwd)
 
 
 def _lax_conv3x3(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
@@ -333,7 +363,8 @@ class Conv3x3(nn.Module):
                  more, otherwise (the kernel transformed on every call) for 128+
                  channels and maps of 64x64 and more; in bfloat16, maps of at most
                  `TAP_MATMUL_MAX_PIXELS` (256+ channels) as 9 bfloat16 matrix
-                 products (`conv3x3_tap_matmuls`) instead.
+                 products (`conv3x3_tap_matmuls`) instead; bfloat16 stride-2
+                 convs with 128+ channels as tap matmuls too.
     Prepared kernel: U in the `PREPARED` collection at this module's path
     ('kernel'), written when that collection is mutable (and not during init),
     read when it is present.
@@ -380,6 +411,8 @@ class Conv3x3(nn.Module):
                 return conv3x3_transformed(x, u)
             if self.algorithm == "winograd" or _auto_on_the_fly(x.shape, kernel.shape, x.dtype):
                 return conv3x3(x, kernel)
+        if self.algorithm == "auto" and _auto_strided_tap_matmuls(self.strides, kernel.shape, x.dtype):
+            return conv3x3_tap_matmuls(x, kernel, 2)
         return _lax_conv3x3(x, kernel, self.strides)
 
 
