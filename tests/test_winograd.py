@@ -276,7 +276,7 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
     # XLA:CPU's bfloat16 direct conv is slower than float32 Winograd: `auto` takes Winograd for
     # bfloat16 too (in float32, the output cast back), prepared and on the fly.
     rng = np.random.default_rng(12)
-    x = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.bfloat16)  # above TAP_MATMUL_MAX_PIXELS
+    x = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.bfloat16)  # below TAP_MATMUL_MIN_CHANNELS
     conv = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
     v = conv.init(jax.random.PRNGKey(0), x)
     on_cpu = jax.default_backend() == "cpu"
@@ -316,6 +316,9 @@ def test_tap_matmuls_match_numpy():
     want = numpy_conv3x3(np.asarray(x, np.float32), np.asarray(kernel, np.float32))
     assert got.dtype == jnp.bfloat16 and got.shape == want.shape
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
+    # Each tap's product in bfloat16 (float32 products made the sum memory-bound), summed in float32.
+    text = str(jax.make_jaxpr(winograd.conv3x3_tap_matmuls)(x, kernel))
+    assert text.count("preferred_element_type=bfloat16") == 9 and "add" in text
     # Gradients: the direct conv's (the drop-in lax conv), not autodiff's through the taps.
     g = jnp.asarray(rng.normal(size=got.shape), jnp.bfloat16)
     ours = jax.jit(jax.vjp(winograd.conv3x3_tap_matmuls, x, kernel)[1])(g)
@@ -379,7 +382,7 @@ def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     want = numpy_conv3x3(np.asarray(small, np.float32), kernel) + np.asarray(v["params"]["bias"])
     got = conv.apply(prepared, small)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
-    large = jnp.asarray(rng.normal(size=(1, 96, 96, 256)), jnp.bfloat16)  # 9,216 pixels: Winograd, prepared
+    large = jnp.asarray(rng.normal(size=(1, 8, 4100, 256)), jnp.bfloat16)  # 32,800 pixels: Winograd, prepared
     text = str(jax.make_jaxpr(functools.partial(conv.apply, prepared))(large))
     assert ("conv_general_dilated" not in text and "dot_general" in text) == on_cpu  # Winograd's GEMMs
     zeroed = {**v, winograd.PREPARED: {"kernel": jnp.zeros_like(written[winograd.PREPARED]["kernel"])}} if on_cpu else v

@@ -104,7 +104,12 @@ AUTO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # 128 -> 128 at 60x108 6.7 against 5.6 ms; 256 -> 256 at 120x216 113 against 76 ms. In the
 # whole bfloat16 frame (interleaved): 240x432 329-336 -> 275 ms with 2048 pixels, 270-280
 # with 8192; 480p 1098 -> 996 ms with 2048, 8192 1-5% faster again (res3's 60x108 too).
-TAP_MATMUL_MAX_PIXELS = 8192
+# With each tap's product in bfloat16 (`_tap_matmuls`) the taps also beat Winograd on the
+# decoder's stride-4 maps: 480p decoder 649 -> 510 ms with 32768 (120x216 = 25,920 pixels);
+# bfloat16 training step (6 x 400x400, 3 objects; its 100x100 decoder maps then take the taps
+# and lax's gradients) 52.1 / 50.1 / 49.2 -> 46.7 / 46.3 / 51.2 s, interleaved. Larger maps
+# (frames above ~480x1080) keep Winograd: not measured.
+TAP_MATMUL_MAX_PIXELS = 32768
 # ... and with at least this many channels in and out: with 64 or 128 the products are too
 # thin for the matrix units (3x3 64 -> 64 at 60x108: 3.4 ms as taps, 1.7 ms prepared
 # Winograd). Parts of the bfloat16 frame at 240x432, interleaved, 64 -> 256: Enc-Q 66.8 ->
@@ -286,7 +291,8 @@ def _auto_strided_tap_matmuls(strides, kernel_shape, dtype) -> bool:
 
 
 def conv3x3_tap_matmuls(x: jax.Array, kernel: jax.Array, strides: int = 1) -> jax.Array:
-    """The 3x3 conv (padding 1, stride 1 or 2) as one matrix product per kernel tap, summed in float32:
+    """The 3x3 conv (padding 1, stride 1 or 2) as one matrix product per kernel tap (each in x's
+    dtype), summed in float32:
 
         y = sum_ij  xp[:, i:i+H, j:j+W, :] @ kernel[i, j]      [N, H, W, C] @ [C, K] -> [N, H, W, K]
 
@@ -319,11 +325,16 @@ def _tap_matmuls(x, kernel, strides):
 
         def window(i, j):  # rows 2o + i, columns 2v + j of xp for o < Ho, v < Wo: [N, Ho, Wo, C]
             return phases[:, i // 2:i // 2 + ho, i % 2, j // 2:j // 2 + wo, j % 2]
+    # Each tap's product comes out in x's dtype and the nine are summed in float32: float32
+    # products of a whole map (9 x 6.6 MB at 60x108x256) made the sum memory-bound (the
+    # 240x432 bfloat16 decoder 158 -> 128 ms, interleaved). Rounding each product to bfloat16
+    # moved the frame no further from float32's than bfloat16 itself does (random weights,
+    # 240x432, 2 objects: 0.46% of pixel ids differ from float32's, 0.47% with float32 products).
     y = None
     for i in range(3):
         for j in range(3):
             tap = lax.dot_general(window(i, j), kernel[i, j].astype(x.dtype), (((3,), (0,)), ((), ())),
-                                  preferred_element_type=jnp.float32)
+                                  preferred_element_type=x.dtype).astype(jnp.float32)
             y = tap if y is None else y + tap
     return y.astype(x.dtype)
 
