@@ -276,7 +276,7 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
     # XLA:CPU's bfloat16 direct conv is slower than float32 Winograd: `auto` takes Winograd for
     # bfloat16 too (in float32, the output cast back), prepared and on the fly.
     rng = np.random.default_rng(12)
-    x = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.bfloat16)  # below TAP_MATMUL_MIN_CHANNELS
+    x = jnp.asarray(rng.normal(size=(1, 8, 4100, 128)), jnp.bfloat16)  # above TAP_MATMUL_MAX_PIXELS
     conv = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
     v = conv.init(jax.random.PRNGKey(0), x)
     on_cpu = jax.default_backend() == "cpu"
@@ -295,7 +295,7 @@ def test_auto_runs_bfloat16_convs_as_float32_winograd_on_cpu():
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=8e-3 * np.abs(want).max())
     # Training in bfloat16: the gradients are those of the bfloat16 direct conv (`auto` before), up to
     # bfloat16 rounding (the bias gradient, a sum over the pixels in bfloat16, is the same op in both).
-    g = jnp.asarray(rng.normal(size=(1, 96, 96, 128)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(1, 8, 4100, 128)), jnp.float32)
 
     def loss(module, params, xx):
         return (module.apply({"params": params}, xx).astype(jnp.float32) * g).sum()
@@ -366,8 +366,8 @@ def test_auto_runs_bfloat16_stride_2_convs_with_128_channels_as_tap_matmuls():
 
 def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     # bfloat16 on XLA:CPU, maps of <= TAP_MATMUL_MAX_PIXELS: 9 matrix products (no conv, no
-    # Winograd) with 256+ channels; the prepared kernel is still recorded (prepare runs on a
-    # small dummy frame) and a larger map uses it. 128 channels keep the prepared Winograd.
+    # Winograd) with 128+ channels; the prepared kernel is still recorded (prepare runs on a
+    # small dummy frame) and a larger map uses it. 64 channels keep the prepared Winograd.
     on_cpu = jax.default_backend() == "cpu"
     rng = np.random.default_rng(14)
     small = jnp.asarray(rng.normal(size=(1, 15, 27, 256)), jnp.bfloat16)  # 405 pixels: STM's res4 at 240x432
@@ -389,13 +389,13 @@ def test_auto_runs_small_bfloat16_maps_as_tap_matmuls_and_still_prepares():
     if on_cpu:  # the large map reads the prepared kernel, the small one does not
         assert float(jnp.abs(conv.apply(zeroed, large) - v["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
         np.testing.assert_array_equal(np.asarray(conv.apply(zeroed, small)), np.asarray(got))
-        # 128 channels: too thin for the matrix units, the small map reads the prepared kernel.
-        thin = winograd.Conv3x3(128, algorithm="auto", dtype=jnp.bfloat16)
-        small128 = small[..., :128]
-        v128 = thin.init(jax.random.PRNGKey(1), small128)
-        u128 = thin.apply(v128, small128, mutable=[winograd.PREPARED])[1][winograd.PREPARED]["kernel"]
-        zeroed128 = {**v128, winograd.PREPARED: {"kernel": jnp.zeros_like(u128)}}
-        assert float(jnp.abs(thin.apply(zeroed128, small128) - v128["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
+        # 64 channels: too thin for the matrix units, the small map reads the prepared kernel.
+        thin = winograd.Conv3x3(64, algorithm="auto", dtype=jnp.bfloat16)
+        small64 = small[..., :64]
+        v64 = thin.init(jax.random.PRNGKey(1), small64)
+        u64 = thin.apply(v64, small64, mutable=[winograd.PREPARED])[1][winograd.PREPARED]["kernel"]
+        zeroed64 = {**v64, winograd.PREPARED: {"kernel": jnp.zeros_like(u64)}}
+        assert float(jnp.abs(thin.apply(zeroed64, small64) - v64["params"]["bias"].astype(jnp.bfloat16)).max()) == 0
     # float32 keeps Winograd on small maps too.
     conv32 = winograd.Conv3x3(256, algorithm="auto")
     written32 = conv32.apply(v, small.astype(jnp.float32), mutable=[winograd.PREPARED])[1]

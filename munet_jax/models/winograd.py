@@ -110,11 +110,12 @@ AUTO_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 # and lax's gradients) 52.1 / 50.1 / 49.2 -> 46.7 / 46.3 / 51.2 s, interleaved. Larger maps
 # (frames above ~480x1080) keep Winograd: not measured.
 TAP_MATMUL_MAX_PIXELS = 32768
-# ... and with at least this many channels in and out: with 64 or 128 the products are too
-# thin for the matrix units (3x3 64 -> 64 at 60x108: 3.4 ms as taps, 1.7 ms prepared
-# Winograd). Parts of the bfloat16 frame at 240x432, interleaved, 64 -> 256: Enc-Q 66.8 ->
-# 57.6 ms, Enc-R 81.7 -> 75.0 ms; Enc-Q at 480x864 251 -> 249 ms.
-TAP_MATMUL_MIN_CHANNELS = 256
+# ... and with at least this many channels in and out: with 64 the products are too thin for
+# the matrix units (3x3 64 -> 64 at 60x108: 3.4 ms as taps, 1.7 ms prepared Winograd). Parts
+# of the bfloat16 frame, interleaved: with float32 tap products, 64 -> 256 made Enc-Q at
+# 240x432 66.8 -> 57.6 ms and Enc-R 81.7 -> 75.0 ms; with bfloat16 products (below), Enc-Q
+# with 256 / 128 / 64 took 58.3 / 56.3 / 60.8 ms at 240x432, 256 / 128 250 / 241 ms at 480p.
+TAP_MATMUL_MIN_CHANNELS = 128
 # Stride-2 3x3 convs in bfloat16 on XLA:CPU with at least this many channels in and out run as
 # tap matmuls at any map size: the alternative is lax's conv (Winograd is stride 1 only), which
 # XLA:CPU widens to float32. The bottlenecks' stride-2 convs, alone, interleaved: 128 -> 128
@@ -278,7 +279,7 @@ def _auto_preparable(kernel_shape, dtype) -> bool:
 
 
 def _auto_tap_matmuls(x_shape, kernel_shape, dtype) -> bool:
-    """`auto` as 9 bfloat16 matrix products: XLA:CPU, bfloat16, small maps, 256+ channels."""
+    """`auto` as 9 bfloat16 matrix products: XLA:CPU, bfloat16, maps up to 32768 pixels, 128+ channels."""
     return (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16
             and x_shape[-3] * x_shape[-2] <= TAP_MATMUL_MAX_PIXELS
             and min(kernel_shape[2:]) >= TAP_MATMUL_MIN_CHANNELS)
@@ -373,7 +374,7 @@ class Conv3x3(nn.Module):
                  prepared kernel for 64+ channels in and out and maps of 16x16 and
                  more, otherwise (the kernel transformed on every call) for 128+
                  channels and maps of 64x64 and more; in bfloat16, maps of at most
-                 `TAP_MATMUL_MAX_PIXELS` (256+ channels) as 9 bfloat16 matrix
+                 `TAP_MATMUL_MAX_PIXELS` (128+ channels) as 9 bfloat16 matrix
                  products (`conv3x3_tap_matmuls`) instead; bfloat16 stride-2
                  convs with 128+ channels as tap matmuls too.
     Prepared kernel: U in the `PREPARED` collection at this module's path
