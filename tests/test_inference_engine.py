@@ -284,13 +284,19 @@ def test_bad_inputs_raise_clear_errors(model, variables, engine):
         InferenceEngine(model, cfg)
 
 
+def one_bucket_config():
+    """Inference settings with one size bucket (BUCKET) and one object bucket (2)."""
+    cfg = inference_config()
+    cfg.size_buckets = (BUCKET,)
+    cfg.object_buckets = (2,)
+    return cfg
+
+
 def test_prepared_winograd_kernels_give_the_same_video(model, variables):
     # conv3x3='winograd' makes the tiny model's stride-1 3x3 convs Winograd (its channels are below
     # auto's 128): prepared kernels (transformed once) and bare variables (transformed in every
     # frame) must segment alike, and like lax's direct convs.
-    cfg = inference_config()
-    cfg.size_buckets = (BUCKET,)
-    cfg.object_buckets = (2,)
+    cfg = one_bucket_config()
     frames, masks = render_video(8, 5, 30, 40, 2)
     fast_config = tiny_munet_config()
     fast_config.conv3x3 = "winograd"
@@ -324,9 +330,7 @@ def test_prepared_winograd_kernels_give_the_same_video(model, variables):
 def test_prepare_casts_conv_kernels_of_a_bfloat16_model_and_changes_no_output(model, variables):
     # Each conv casts its kernel to the compute dtype anyway: casting once in prepare must give
     # bit-identical frames (and leave norms, biases and float32 models alone).
-    cfg = inference_config()
-    cfg.size_buckets = (BUCKET,)
-    cfg.object_buckets = (2,)
+    cfg = one_bucket_config()
     frames, masks = render_video(9, 4, 30, 40, 2)
     config = tiny_munet_config()
     config.dtype = "bfloat16"
