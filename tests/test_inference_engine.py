@@ -342,7 +342,8 @@ def test_prepare_casts_conv_kernels_of_a_bfloat16_model_and_changes_no_output(mo
     kernels = [p for p in leaves if p[-1].key == "kernel"]
     assert len(kernels) > 20 and all(cast[p].dtype == jnp.bfloat16 for p in kernels)
     for p, leaf in leaves.items():
-        np.testing.assert_array_equal(np.asarray(cast[p], np.float32), np.asarray(leaf.astype(cast[p].dtype), np.float32))
+        want = np.asarray(leaf.astype(cast[p].dtype), np.float32)
+        np.testing.assert_array_equal(np.asarray(cast[p], np.float32), want)
         if p[-1].key != "kernel":
             assert cast[p].dtype == jnp.float32
     assert prepared["batch_stats"] is variables["batch_stats"]

@@ -359,7 +359,8 @@ def test_auto_runs_bfloat16_stride_2_convs_with_128_channels_as_tap_matmuls():
         text = str(jax.make_jaxpr(functools.partial(conv.apply, v))(x))
         on_taps = "conv_general_dilated" not in text and text.count("dot_general") == 9
         assert on_taps == (taps and jax.default_backend() == "cpu"), (features, dtype)
-        want = winograd._lax_conv3x3(x.astype(dtype), v["params"]["kernel"].astype(dtype), 2) + v["params"]["bias"].astype(dtype)
+        params = v["params"]
+        want = winograd._lax_conv3x3(x.astype(dtype), params["kernel"].astype(dtype), 2) + params["bias"].astype(dtype)
         np.testing.assert_allclose(np.asarray(conv.apply(v, x), np.float32), np.asarray(want, np.float32),
                                    rtol=0, atol=2e-2 * float(jnp.abs(want).max()))
 

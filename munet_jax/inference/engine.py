@@ -260,9 +260,9 @@ class InferenceEngine:
 
         Pass what this returns to init / step / video: the 3x3 convs' kernel
         transforms and the kernels' casts then run once here, not in every frame
-        (`munet.with_prepared_kernels`; 480p on a 2-core CPU: see benchmarks/results). Variables that already hold
-        prepared kernels are returned as they are, so preparing twice costs
-        nothing; after changing the parameters, prepare from the new bare variables.
+        (`munet.with_prepared_kernels`; 480p on a 2-core CPU: see benchmarks/results).
+        Variables that already hold prepared kernels are returned as they are, so
+        preparing twice costs nothing; after changing the parameters, prepare from the new bare variables.
         Raw variables work too (the transforms then run inside every step).
         """
         return variables if PREPARED in variables else with_prepared_kernels(self.model, variables)

@@ -276,8 +276,9 @@ def with_compute_dtype_kernels(model: MUNet, variables: dict) -> dict:
     changes no output bit and saves the casts in every frame's program: at 240x432
     on a 2-core Xeon the bfloat16 frame took 270 -> 252, 311 -> 289 and 368 -> 339 ms
     (three interleaved runs): the full model has 39 M kernel parameters (157 MB in
-    float32) and XLA:CPU converts them at a few GB/s. For inference only (an optimizer must see float32 parameters). The same
-    dict where nothing changes (float32 models, kernels already cast).
+    float32) and XLA:CPU converts them at a few GB/s. For inference only (an optimizer
+    must see float32 parameters). The same dict where nothing changes (float32 models,
+    kernels already cast).
     """
     dtype = jnp.dtype(compute_dtype(model.config))
     if dtype == jnp.float32:
