@@ -16,7 +16,8 @@
 #   7 objects3    inference, 3 objects, 1 / 5 / 20 memory frames, bf16 + fp32
 #   8 training32  the fp32 train step, batch fitted likewise
 #   9 read        inference, 1 object, 20 memory frames, bf16: the dense memory read ('auto' on GPU)
-#                 against the blocked online softmax (model.memory_read), time and memory
+#                 against the blocked online softmax and the query-blocked read (model.memory_read),
+#                 time and memory
 #
 # BENCH_EXTRA (environment) is appended to every benchmark command, e.g. a rehearsal on CPU:
 #   BENCH_EXTRA="--tiny --size 64x96 --train_size 32x32" bash benchmarks/gpu.sh /tmp/out
@@ -63,6 +64,6 @@ step 5 parts 120 $bench parts --objects 1 --dtype bfloat16 --repeats 20 --out "$
 step 6 memory 150 $bench inference --objects 1 --memory 1,20 --dtype bfloat16,float32 --repeats 30 --out "$out" $extra
 step 7 objects3 200 $bench inference --objects 3 --memory 1,5,20 --dtype bfloat16,float32 --repeats 30 --out "$out" $extra
 step 8 training32 240 $bench training --dtype float32 --repeats 5 --out "$out" $extra
-step 9 read 120 $bench inference --objects 1 --memory 20 --dtype bfloat16 --memory_read dense,blocked --repeats 30 \
-    --out "$out" $extra
+step 9 read 120 $bench inference --objects 1 --memory 20 --dtype bfloat16 --memory_read dense,blocked,query_blocked \
+    --repeats 30 --out "$out" $extra
 date -u +"finished %Y-%m-%dT%H:%M:%SZ" | tee -a "$log"

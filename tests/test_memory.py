@@ -5,12 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from munet_jax.models import memory
 from munet_jax.models.memory import (KeyValue, frames_per_block, memory_read, memory_read_with_weights,
-                                     resolved_algorithm)
+                                     query_rows_per_block, resolved_algorithm)
 
-# The two ways to compute the read; block_bytes=1 makes every memory frame its own block.
-ALGORITHMS = pytest.mark.parametrize("how", [dict(algorithm="dense"), dict(algorithm="blocked", block_bytes=1)],
-                                     ids=["dense", "blocked"])
+# The ways to compute the read; block_bytes=1 makes every memory frame its own block,
+# query_block_bytes=1 the smallest query blocks (16 rows).
+ALGORITHMS = pytest.mark.parametrize("how", [dict(algorithm="dense"), dict(algorithm="blocked", block_bytes=1),
+                                             dict(algorithm="query_blocked", query_block_bytes=1)],
+                                     ids=["dense", "blocked", "query_blocked"])
 
 
 def _rand(rng, *shape):
@@ -89,6 +92,15 @@ def test_invalid_slots_have_no_effect(how):
             mk[i : i + 1, keep], mv[i : i + 1, keep], np.ones((1, keep.sum()), bool), qk[i : i + 1], qv[i : i + 1]
         )
         np.testing.assert_allclose(out[i], np.asarray(ref)[0], rtol=1e-6, atol=1e-6)
+    # ...and the gradients: the garbage reaches no input's gradient (no 0 * inf or 0 * NaN).
+    mk_bad[1, 0, 0, 0, 1] = np.nan
+    grads = jax.grad(lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv, **how) ** 2),
+                     argnums=(0, 1, 2))(mk_bad, mv_bad, qk)
+    want = jax.grad(lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv, **how) ** 2),
+                    argnums=(0, 1, 2))(mk, mv, qk)
+    for got, ref in zip(grads, want):
+        assert np.all(np.isfinite(np.asarray(got)))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
 @ALGORITHMS
@@ -158,6 +170,60 @@ def test_blocked_read_equals_dense_read_and_its_gradients(dtype):
             np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
 
 
+@pytest.mark.parametrize("values_per_block", [True, False], ids=["values_per_block", "one_values_gemm"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_query_blocked_read_equals_dense_read_and_its_gradients(dtype, values_per_block, monkeypatch):
+    """35 query pixels in three blocks of 16 rows (the last padded with 13), NaN in an
+    empty slot's keys and values, a slot invalid in one row and a row with no valid
+    slot: values and gradients agree with the dense read, for both ways of reading
+    the values (a GEMM per block, or one GEMM over the gathered blocks)."""
+    monkeypatch.setattr(memory, "VALUES_PER_BLOCK_MAX_BYTES", 2**30 if values_per_block else 0)
+    rng = np.random.default_rng(9)
+    b, t, h, w, ck, cv = 3, 4, 5, 7, 8, 5
+    block_bytes = 16 * (t * h * w) * 4  # 16 rows of float32 logits over all 140 positions
+    assert query_rows_per_block(h * w, t * h * w, block_bytes) == 16
+    assert query_rows_per_block(h * w, t * h * w, 18 * (t * h * w) * 4) == 32  # 2 blocks of 18 -> 32 rows
+    mk, mv = _rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv)
+    qk, qv = _rand(rng, b, h, w, ck), _rand(rng, b, h, w, cv)
+    valid = np.ones((b, t), bool)
+    valid[0, 2] = False
+    mk[0, 2], mv[0, 2] = np.nan, np.nan  # whatever an empty slot holds has no effect
+    valid[2, :] = False  # reads zeros
+    cast = [jnp.asarray(x, dtype) for x in (mk, mv, qk, qv)]
+    cotangent = _rand(rng, b, h, w, 2 * cv)
+    how = dict(algorithm="query_blocked", query_block_bytes=block_bytes)
+
+    def loss(how):
+        return lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, cast[3], **how).astype(jnp.float32) * cotangent)
+
+    jaxpr = str(jax.make_jaxpr(lambda *a: memory_read(*a, **how))(cast[0], cast[1], valid, cast[2], cast[3]))
+    assert "length=3" in jaxpr  # three blocks
+    out = memory_read(cast[0], cast[1], valid, cast[2], cast[3], **how)
+    ref = memory_read(cast[0], cast[1], valid, cast[2], cast[3], algorithm="dense")
+    assert out.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=0.02, atol=0.02)
+    assert np.all(np.isfinite(np.asarray(out, np.float32)))
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), **tol)
+    np.testing.assert_array_equal(np.asarray(out, np.float32)[2, ..., :cv], 0.0)
+    dense_value, dense_grads = jax.value_and_grad(loss(dict(algorithm="dense")), argnums=(0, 1, 2))(*cast[:3])
+    value, grads = jax.value_and_grad(loss(how), argnums=(0, 1, 2))(*cast[:3])
+    np.testing.assert_allclose(float(value), float(dense_value), rtol=1e-4 if dtype == jnp.float32 else 0.02)
+    for got, want in zip(grads, dense_grads):
+        assert np.all(np.isfinite(np.asarray(got, np.float32)))
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
+    np.testing.assert_array_equal(np.asarray(grads[0], np.float32)[0, 2], 0.0)  # no gradient into an empty slot
+
+
+def test_query_rows_per_block():
+    # 480p (1620 queries): 5 memory frames (52.5 MB of logits) -> 7 blocks of 232 -> 240 rows;
+    # 20 frames (210 MB) -> 26 blocks of 63 -> 64 rows; one frame (10.5 MB) -> 2 blocks -> 816.
+    assert query_rows_per_block(1620, 5 * 1620) == 240
+    assert query_rows_per_block(1620, 20 * 1620) == 64
+    assert query_rows_per_block(1620, 1620) == 816
+    assert query_rows_per_block(405, 5 * 405) == 405  # 240x432, 3.3 MB: one block of all queries
+    assert query_rows_per_block(10, 10**9) == 10  # 1 row a block, rounded up to 16, capped at HW: one block
+
+
 def test_frames_per_block_and_when_auto_loops():
     # 480p (30x54 positions, every frame 10.5 MB of logits): one frame a block, T blocks.
     assert frames_per_block(20, 1620, 1620) == 1
@@ -166,12 +232,16 @@ def test_frames_per_block_and_when_auto_loops():
     assert frames_per_block(7, 405, 405) == 1  # 7 is prime and 7 frames exceed the block
     assert frames_per_block(4, 16, 16) == 4  # small maps: all in one block
     cpu = jax.default_backend() == "cpu"
-    # 'auto': blocked on CPU for several blocks of narrow keys + values (the tiny model's 16 + 32)...
+    # 'auto', float32: blocked on CPU for several blocks of narrow keys + values (the tiny model's 16 + 32)...
     assert resolved_algorithm("auto", 20, 1620, 1620, 48) == ("blocked" if cpu else "dense")
     # ...dense for one block, or for the full model's 128 + 512 channels (no faster in its frame).
     assert resolved_algorithm("auto", 4, 16, 16, 48) == "dense"
     assert resolved_algorithm("auto", 20, 1620, 1620, 640) == "dense"
     assert resolved_algorithm("blocked", 1, 1, 1, 640) == "blocked"
+    # bfloat16 keys/values: the query-blocked read on CPU, whatever the size or channels.
+    for shape in ((20, 1620, 1620, 640), (4, 16, 16, 48), (1, 1, 1, 640)):
+        assert resolved_algorithm("auto", *shape, dtype=jnp.bfloat16) == ("query_blocked" if cpu else "dense")
+    assert resolved_algorithm("dense", 20, 1620, 1620, 640, dtype=jnp.bfloat16) == "dense"
     rng = np.random.default_rng(6)
     mk, mv = _rand(rng, 1, 4, 4, 4, 8), _rand(rng, 1, 4, 4, 4, 8)
     qk, qv = _rand(rng, 1, 4, 4, 8), _rand(rng, 1, 4, 4, 8)
@@ -185,6 +255,10 @@ def test_frames_per_block_and_when_auto_loops():
     assert loops(block_bytes=16 * 16 * 4) == (jax.default_backend() == "cpu")  # four blocks: a loop on CPU
     assert not loops(algorithm="dense", block_bytes=1)
     assert loops(algorithm="blocked")
+    assert loops(algorithm="query_blocked")
+    bf = [jnp.asarray(x, jnp.bfloat16) for x in (mk, mv, qk, qv)]
+    text = str(jax.make_jaxpr(lambda *a: memory_read(*a))(bf[0], bf[1], valid, bf[2], bf[3]))
+    assert ("scan" in text) == cpu  # bfloat16 on CPU: the query-blocked read (one block here)
     with pytest.raises(ValueError, match="memory read algorithm 'flash'"):
         memory_read(mk, mv, valid, qk, qv, algorithm="flash")
 

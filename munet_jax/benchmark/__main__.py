@@ -65,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="3x3 conv algorithm(s), comma-separated: auto (the default: Winograd on CPU where "
                         "faster), direct, winograd (inference, parts, training; model.conv3x3)")
     p.add_argument("--memory_read", default="auto",
-                   help="memory read algorithm(s), comma-separated: auto (the default: blocked online softmax "
-                        "on CPU when the memory spans several blocks), dense, blocked (inference, video, parts, "
-                        "training; model.memory_read)")
+                   help="memory read algorithm(s), comma-separated: auto (the default: on CPU query_blocked "
+                        "for bfloat16, blocked for narrow float32 reads spanning several blocks), dense, "
+                        "blocked, query_blocked (inference, video, parts, training; model.memory_read)")
     p.add_argument("--prepared", default="yes",
                    help="inference and parts: 'yes' (Winograd kernels transformed once, as "
                         "InferenceEngine.prepare does), 'no' (in every call), or 'yes,no' (both, interleaved)")

@@ -88,7 +88,7 @@ def run(args) -> list[dict]:
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,
                     "fps": 1e3 / timing.median_ms,
                     **models.variant_row(args, variant, variants, timing),
-                    "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket),
+                    "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket, variant.dtype),
                 }
                 rows.append(row)
                 print(f"inference {row['config']} {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} T={t} {variant.dtype} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import jax.numpy as jnp
 import ml_collections
 
 from munet_jax.benchmark.common import parse_strs, utilisation
@@ -53,12 +54,14 @@ def counting_model(tiny: bool, dtype: str):
     return build(tiny, dtype, "direct", "dense")
 
 
-def read_ran(tiny: bool, memory_read: str, memory_frames: int, bucket) -> str:
+def read_ran(tiny: bool, memory_read: str, memory_frames: int, bucket, dtype: str = "float32") -> str:
     """The memory read a frame at `bucket` ([H, W], stride-16 features) with that many
-    memory frames runs for the `memory_read` setting: 'dense' or 'blocked'."""
-    cfg = model_config(tiny, "float32")
+    memory frames runs for the `memory_read` setting and compute `dtype`: 'dense',
+    'blocked' or 'query_blocked'."""
+    cfg = model_config(tiny, dtype)
     positions = (bucket[0] // 16) * (bucket[1] // 16)
-    return resolved_algorithm(memory_read, memory_frames, positions, positions, cfg.key_dim + cfg.value_dim)
+    return resolved_algorithm(memory_read, memory_frames, positions, positions, cfg.key_dim + cfg.value_dim,
+                              dtype=jnp.dtype(dtype))
 
 
 def inference_variants(args, variables: dict) -> dict:

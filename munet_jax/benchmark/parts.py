@@ -95,7 +95,7 @@ def run(args) -> list[dict]:
         measured = {}
         setting = {"dtype": dtype, "conv3x3": variant.conv3x3, "prepared_kernels": variant.prepared,
                    "memory_read": variant.memory_read,
-                   "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket)}
+                   "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, t, bucket, variant.dtype)}
         for name, (program, call_args) in _programs(model, model_vars, k, t, bucket).items():
             timing = common.measure(program, call_args, args.repeats, flops=part_flops[dtype][name])
             measured[name] = timing

@@ -70,7 +70,7 @@ def run(args) -> list[dict]:
                 "capacity": icfg.capacity, "mem_every": icfg.mem_every,
                 "fps": n / (timing.median_ms / 1e3), "ms_per_frame": timing.median_ms / n,
                 **models.variant_row(args, variant, names, timing),
-                "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, icfg.capacity, bucket),
+                "memory_read_ran": models.read_ran(args.tiny, variant.memory_read, icfg.capacity, bucket, variant.dtype),
             }
             rows.append(row)
             print(f"video {row['config']} {n} frames {size[0]}x{size[1]}->{bucket[0]}x{bucket[1]} K={k} "

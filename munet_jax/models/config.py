@@ -49,11 +49,12 @@ def munet_config() -> ml_collections.ConfigDict:
     # lax.conv; 'winograd' every stride-1 3x3 conv (munet_jax.models.winograd). Run configs from
     # before this field have `decoder_conv`.
     c.conv3x3 = "auto"
-    # How the memory read runs (same values up to float rounding whichever): 'auto' = an
-    # online softmax over blocks of memory frames on XLA:CPU when the memory spans more than
-    # one block and keys + values have <= 256 channels (the logits stay in cache; the tiny and
-    # demo models), the whole affinity at once elsewhere (the full model) and on GPU/TPU;
-    # 'dense' or 'blocked' always (munet_jax.models.memory).
+    # How the memory read runs (same values up to float rounding whichever): 'auto' = on
+    # XLA:CPU, a loop over blocks of query pixels for bfloat16 ('query_blocked'), and for
+    # float32 an online softmax over blocks of memory frames when the memory spans more than
+    # one block and keys + values have <= 256 channels ('blocked': the tiny and demo models),
+    # else the whole affinity at once ('dense', also on GPU/TPU); 'dense', 'blocked' or
+    # 'query_blocked' always (munet_jax.models.memory).
     c.memory_read = "auto"
 
     # Compute dtype: 'float32' or 'bfloat16' (parameters stay float32).

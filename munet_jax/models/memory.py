@@ -24,16 +24,28 @@ Two ways to compute the same read (`algorithm`):
              Each block's logits ([g*Hm*Wm, HW], <= `BLOCK_BYTES`) stay in the
              CPU's cache between the GEMMs and the softmax passes instead of
              going through memory several times.
-  'auto'     'blocked' on XLA:CPU where that pays: the memory spans more than
-             one block and the keys + values are narrow (<= `BLOCKED_MAX_CHANNELS`
-             channels), so the softmax's passes, not the GEMMs, dominate; 'dense'
-             otherwise and on GPU/TPU (one large GEMM per step suits them better
-             than a loop of small ones). Measured on a 2-core EPYC at 480p with
-             20 memory frames: the tiny model's frame (16 + 32 channels) 385 ->
-             303 ms; the read of the demo model (32 + 64) alone 342-373 -> 209-221
-             ms; the full model's (128 + 512) alone 750-772 -> 611-645 ms, but its
-             whole frame not faster (2507 vs 2543 ms, video 2040 vs 2136 ms/frame).
-Both give the same values up to float rounding, and the same gradients.
+  'query_blocked'
+             a loop over blocks of query pixels: each block's logits
+             [rows, THW] (<= `QUERY_BLOCK_BYTES`) go through the masking, max, exp
+             and sum while they are in the cache. No online rescaling: a query's
+             softmax is over the memory, and every block sees all of it. The
+             values GEMM runs per block where the values are small enough to be
+             read again per block (<= `VALUES_PER_BLOCK_MAX_BYTES`); otherwise
+             the blocks' exp (in the values' dtype) are gathered and one GEMM
+             reads the values once.
+  'auto'     on XLA:CPU: 'query_blocked' for bfloat16 keys and values (its
+             query-major layout alone halves the read, blocks or not); for
+             float32, 'blocked' where the memory spans more than one block and the
+             keys + values are narrow (<= `BLOCKED_MAX_CHANNELS` channels, where the
+             softmax's passes, not the GEMMs, dominate), else 'dense'. 'dense' on
+             GPU/TPU (one large GEMM per step suits them better than a loop of
+             small ones). Measured on a 2-core EPYC at 480p with 20 memory frames,
+             float32: the tiny model's frame (16 + 32 channels) 385 -> 303 ms; the
+             read of the demo model (32 + 64) alone 342-373 -> 209-221 ms. The full
+             model's (128 + 512) read at 480p on a 2-core Xeon (AMX), bfloat16,
+             alone: 5 memory frames 106-110 -> 33-37 ms, 20 frames 420-432 ->
+             195-203 ms (dense -> query_blocked; 'blocked' 72 and 292-300 ms).
+All give the same values up to float rounding, and the same gradients.
 """
 
 from __future__ import annotations
@@ -103,9 +115,22 @@ def _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value) -> None:
         raise ValueError(f"value channels differ: memory {mem_values.shape[-1]}, query {q_value.shape[-1]}")
 
 
-READ_ALGORITHMS = ("auto", "dense", "blocked")
+READ_ALGORITHMS = ("auto", "dense", "blocked", "query_blocked")
 BLOCK_BYTES = 4 * 2**20  # float32 logits of one block: well inside a CPU's L3 (and near its L2 on many)
-BLOCKED_MAX_CHANNELS = 256  # 'auto' blocks only reads with Ck + Cv up to this (see the module doc)
+BLOCKED_MAX_CHANNELS = 256  # 'auto' blocks memory frames only for Ck + Cv up to this (see the module doc)
+QUERY_BLOCK_BYTES = 8 * 2**20  # float32 logits of one block of query rows: two cores' L2 on a 2-core Xeon
+VALUES_PER_BLOCK_MAX_BYTES = 16 * 2**20  # 'query_blocked' reads values this large again in every block
+QUERY_ROWS_MULTIPLE = 16  # rows per query block rounded up to this (the GEMMs' row tiles)
+
+
+def query_rows_per_block(queries: int, positions: int, block_bytes: int = QUERY_BLOCK_BYTES) -> int:
+    """Query pixels per block of the 'query_blocked' read: the HW queries split into the
+    fewest blocks whose float32 logits [rows, THW positions] fit `block_bytes`, rows
+    rounded up to a multiple of `QUERY_ROWS_MULTIPLE` (the last block is padded) and
+    never more than HW."""
+    blocks = max(1, -(-queries * positions * 4 // block_bytes))
+    rows = -(-queries // blocks)
+    return min(queries, -(-rows // QUERY_ROWS_MULTIPLE) * QUERY_ROWS_MULTIPLE)
 
 
 def frames_per_block(t: int, positions_per_frame: int, queries: int, block_bytes: int = BLOCK_BYTES) -> int:
@@ -116,16 +141,21 @@ def frames_per_block(t: int, positions_per_frame: int, queries: int, block_bytes
 
 
 def resolved_algorithm(algorithm: str, t: int, positions_per_frame: int, queries: int, channels: int,
-                       block_bytes: int = BLOCK_BYTES) -> str:
-    """What `memory_read(algorithm=...)` runs ('dense' or 'blocked') for T memory frames of
-    Hm*Wm positions, HW query pixels and Ck + Cv key + value `channels` (see the module doc)."""
+                       block_bytes: int = BLOCK_BYTES, dtype: Any = jnp.float32) -> str:
+    """What `memory_read(algorithm=...)` runs ('dense', 'blocked' or 'query_blocked') for T
+    memory frames of Hm*Wm positions, HW query pixels, Ck + Cv key + value `channels` and
+    keys/values of `dtype` (see the module doc)."""
     if algorithm not in READ_ALGORITHMS:
         raise ValueError(f"memory read algorithm {algorithm!r}: choose one of {READ_ALGORITHMS}")
     if algorithm != "auto":
         return algorithm
+    if jax.default_backend() != "cpu":
+        return "dense"
+    if jnp.dtype(dtype).itemsize < 4:
+        # bfloat16: the query-major loop, even for one block (its layout alone halves the read).
+        return "query_blocked"
     several_blocks = t // frames_per_block(t, positions_per_frame, queries, block_bytes) > 1
-    narrow = channels <= BLOCKED_MAX_CHANNELS
-    return "blocked" if jax.default_backend() == "cpu" and several_blocks and narrow else "dense"
+    return "blocked" if several_blocks and channels <= BLOCKED_MAX_CHANNELS else "dense"
 
 
 def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
@@ -134,11 +164,12 @@ def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
     cv = mem_values.shape[-1]
     m = g * h_m * w_m  # memory positions per block
     hw = q_key.shape[1] * q_key.shape[2]
-    mk = mem_keys.reshape(b, t * h_m * w_m, ck)
+    # [B, THW] slot-major, as the reshapes below.
+    pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, t * h_m * w_m)
+    # Empty slots' keys zeroed: NaN garbage there would reach the query key's gradient (0 * NaN).
+    mk = jnp.where(pos_valid[:, :, None], mem_keys.reshape(b, t * h_m * w_m, ck), 0)
     mv = mem_values.reshape(b, t * h_m * w_m, cv)
     qk = q_key.reshape(b, hw, ck)
-    # [B, THW] slot-major, as the reshapes above.
-    pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, t * h_m * w_m)
     scale = 1.0 / jnp.sqrt(jnp.float32(ck))
 
     def block(carry, i):
@@ -167,6 +198,49 @@ def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
     return acc / jnp.where(total > 0, total, 1.0)[..., None]
 
 
+def _read_query_blocked(mem_keys, mem_values, mem_valid, q_key, rows: int):
+    """`_read`'s read [B, HW, Cv] float32 by a loop over blocks of `rows` query pixels."""
+    b, t, h_m, w_m, ck = mem_keys.shape
+    cv = mem_values.shape[-1]
+    n_mem = t * h_m * w_m
+    hw = q_key.shape[1] * q_key.shape[2]
+    blocks = -(-hw // rows)
+    pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, n_mem)  # [B, THW]
+    # Empty slots' keys and values zeroed once ([B, THW, C], small): no NaN garbage in a GEMM.
+    mk = jnp.where(pos_valid[:, :, None], mem_keys.reshape(b, n_mem, ck), 0)
+    mv = jnp.where(pos_valid[:, :, None], mem_values.reshape(b, n_mem, cv), 0)
+    # Queries padded to blocks * rows (zero rows, sliced off below): [blocks, B, rows, Ck].
+    qk = jnp.pad(q_key.reshape(b, hw, ck), ((0, 0), (0, blocks * rows - hw), (0, 0)))
+    qk = qk.reshape(b, blocks, rows, ck).transpose(1, 0, 2, 3)
+    scale = 1.0 / jnp.sqrt(jnp.float32(ck))
+    values_per_block = n_mem * cv * mv.dtype.itemsize <= VALUES_PER_BLOCK_MAX_BYTES
+
+    def block(q):  # [B, rows, Ck]
+        # Query-major logits [B, rows, THW]: the softmax reduces the contiguous axis.
+        logits = jnp.einsum("bqc,bmc->bqm", q, mk, preferred_element_type=jnp.float32).astype(jnp.float32)
+        logits = jnp.where(pos_valid[:, None, :], logits, -jnp.inf)
+        # As `_read`: the shift carries no gradient, and a row with no valid slot shifts by 0.
+        row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))  # [B, rows, 1]
+        row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+        # The scale applied inside exp (max(scale * l) = scale * max(l) as scale > 0).
+        e = jnp.exp((logits - row_max) * scale)  # [B, rows, THW]; 0 at empty slots
+        denom = jnp.sum(e, axis=-1, keepdims=True)  # [B, rows, 1]
+        e = e.astype(mv.dtype)
+        if not values_per_block:
+            return e, denom
+        read = jnp.einsum("bqm,bmv->bqv", e, mv, preferred_element_type=jnp.float32).astype(jnp.float32)
+        return read / jnp.where(denom > 0, denom, 1.0), denom
+
+    out, denom = jax.lax.map(block, qk)  # [blocks, B, rows, Cv or THW], [blocks, B, rows, 1]
+    out = out.transpose(1, 0, 2, 3).reshape(b, blocks * rows, -1)[:, :hw]
+    if values_per_block:
+        return out
+    # One GEMM [B, HW, THW] x [B, THW, Cv]: the values are read once.
+    denom = denom.transpose(1, 0, 2, 3).reshape(b, blocks * rows, 1)[:, :hw]
+    read = jnp.einsum("bqm,bmv->bqv", out, mv, preferred_element_type=jnp.float32).astype(jnp.float32)
+    return read / jnp.where(denom > 0, denom, 1.0)
+
+
 def _read(mem_keys, mem_values, mem_valid, q_key):
     """Shared core: (read [B, HW, Cv] float32, weights [B, THW, HW] float32)."""
     b, t, h_m, w_m, ck = mem_keys.shape
@@ -177,7 +251,9 @@ def _read(mem_keys, mem_values, mem_valid, q_key):
     # Per memory position validity [B, THW] (slot-major, as the reshape below).
     pos_valid = jnp.broadcast_to(mem_valid[:, :, None], (b, t, h_m * w_m)).reshape(b, n_mem)
 
-    mk = mem_keys.reshape(b, n_mem, ck)
+    # Empty slots' keys zeroed: NaN garbage there would reach the query key's gradient
+    # (0 * NaN in the logits' GEMM), though the masking below keeps it out of the values.
+    mk = jnp.where(pos_valid[:, :, None], mem_keys.reshape(b, n_mem, ck), 0)
     qk = q_key.reshape(b, h * w, ck)
     # One GEMM [B, THW, Ck] x [B, Ck, HW] -> [B, THW, HW]; accumulate in float32
     # even for bfloat16 operands, and scale after the matmul so the 1/sqrt(Ck)
@@ -234,6 +310,7 @@ def memory_read(
     q_value: jax.Array,
     algorithm: str = "auto",
     block_bytes: int = BLOCK_BYTES,
+    query_block_bytes: int = QUERY_BLOCK_BYTES,
 ) -> jax.Array:
     """Space-time memory read, concatenated with the query value.
 
@@ -242,15 +319,20 @@ def memory_read(
     concat(read, q_value) in q_value's dtype. (Hm, Wm is the query's H, W in
     MUNet; any memory resolution works.) The similarity and the softmax are
     float32 whatever the input dtype. A row without any valid slot reads zeros.
-    `algorithm` ('auto', 'dense', 'blocked': see the module doc) and
-    `block_bytes` (the blocked read's logits per block) change only the speed.
+    `algorithm` ('auto', 'dense', 'blocked', 'query_blocked': see the module
+    doc), `block_bytes` (the blocked read's logits per block) and
+    `query_block_bytes` (the query-blocked read's) change only the speed.
     """
     _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
     b, h, w = q_key.shape[:3]
     t, h_m, w_m = mem_keys.shape[1:4]
     channels = mem_keys.shape[-1] + mem_values.shape[-1]
-    if resolved_algorithm(algorithm, t, h_m * w_m, h * w, channels, block_bytes) == "blocked":
+    chosen = resolved_algorithm(algorithm, t, h_m * w_m, h * w, channels, block_bytes, mem_values.dtype)
+    if chosen == "blocked":
         read = _read_blocked(mem_keys, mem_values, mem_valid, q_key, frames_per_block(t, h_m * w_m, h * w, block_bytes))
+    elif chosen == "query_blocked":
+        read = _read_query_blocked(mem_keys, mem_values, mem_valid, q_key,
+                                   query_rows_per_block(h * w, t * h_m * w_m, query_block_bytes))
     else:
         read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
     read = read.reshape(b, h, w, -1).astype(q_value.dtype)
