@@ -199,7 +199,19 @@ def _read_blocked(mem_keys, mem_values, mem_valid, q_key, g: int):
 
 
 def _read_query_blocked(mem_keys, mem_values, mem_valid, q_key, rows: int):
-    """`_read`'s read [B, HW, Cv] float32 by a loop over blocks of `rows` query pixels."""
+    """`_read`'s read [B, HW, Cv] float32 by a loop over the B batch elements (objects) and,
+    in each, over blocks of `rows` query pixels: a block's logits are one element's
+    [rows, THW] (all B in each block take B times the cache: 3 objects at 480p, 5 memory
+    frames, bfloat16, 2-core Xeon: 145-183 ms with blocks of 128-240 rows against 113-116 ms
+    a batch element at a time; the dense read 343 ms)."""
+    def one(args):  # one batch element, with a batch axis of 1
+        return _read_query_blocked_batch(*(a[None] for a in args), rows)[0]
+
+    return jax.lax.map(one, (mem_keys, mem_values, mem_valid, q_key))
+
+
+def _read_query_blocked_batch(mem_keys, mem_values, mem_valid, q_key, rows: int):
+    """`_read_query_blocked` on all B batch elements at once in each block."""
     b, t, h_m, w_m, ck = mem_keys.shape
     cv = mem_values.shape[-1]
     n_mem = t * h_m * w_m
