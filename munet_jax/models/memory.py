@@ -16,7 +16,7 @@ from the softmax with `where` (not an additive -1e9, which would still give
 them weight in a row with no valid slot) and their values are zeroed, so
 whatever an empty slot holds - zeros, stale frames, NaN - has no effect.
 
-Two ways to compute the same read (`algorithm`):
+Three ways to compute the same read (`algorithm`):
   'dense'    the [B, THW, HW] affinity at once: one GEMM, the softmax, one GEMM.
   'blocked'  a loop over blocks of memory frames with an online softmax (a
              running max, sum and weighted sum per query pixel, rescaled when
@@ -25,9 +25,10 @@ Two ways to compute the same read (`algorithm`):
              CPU's cache between the GEMMs and the softmax passes instead of
              going through memory several times.
   'query_blocked'
-             a loop over blocks of query pixels: each block's logits
-             [rows, THW] (<= `QUERY_BLOCK_BYTES`) go through the masking, max, exp
-             and sum while they are in the cache. No online rescaling: a query's
+             a loop over the batch elements (objects) and, in each, over blocks
+             of query pixels: each block's logits [rows, THW] (<=
+             `QUERY_BLOCK_BYTES`) go through the masking, max, exp and sum while
+             they are in the cache. No online rescaling: a query's
              softmax is over the memory, and every block sees all of it. The
              values GEMM runs per block where the values are small enough to be
              read again per block (<= `VALUES_PER_BLOCK_MAX_BYTES`); otherwise
