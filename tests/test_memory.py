@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from munet_jax.models import memory
-from munet_jax.models.memory import (KeyValue, frames_per_block, memory_read, memory_read_with_weights,
-                                     query_rows_per_block, resolved_algorithm)
+from munet_jax.models.memory import (KeyValue, filled_slot_counts, frames_per_block, memory_read,
+                                     memory_read_with_weights, query_rows_per_block, resolved_algorithm)
 
 # The ways to compute the read; block_bytes=1 makes every memory frame its own block,
 # query_block_bytes=1 the smallest query blocks (16 rows).
@@ -212,6 +212,64 @@ def test_query_blocked_read_equals_dense_read_and_its_gradients(dtype, values_pe
         assert np.all(np.isfinite(np.asarray(got, np.float32)))
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), **tol)
     np.testing.assert_array_equal(np.asarray(grads[0], np.float32)[0, 2], 0.0)  # no gradient into an empty slot
+
+
+@pytest.mark.parametrize("algorithm", ["dense", "blocked", "query_blocked"])
+def test_reading_only_the_filled_slots_changes_nothing(algorithm):
+    """Slots filled at 0, 3, 5, 7 / at 0, 1 / none of 9 (NaN in the empty ones): reading only
+    the filled ones (gathered to the front; the read of 5 of the 9 slots, the smallest count
+    that holds the 4 of the fullest element) gives the values and gradients of the read over
+    all 9."""
+    rng = np.random.default_rng(11)
+    b, t, h, w, ck, cv = 3, 9, 3, 4, 8, 5
+    mk, mv = _rand(rng, b, t, h, w, ck), _rand(rng, b, t, h, w, cv)
+    qk, qv = _rand(rng, b, h, w, ck), _rand(rng, b, h, w, cv)
+    valid = np.zeros((b, t), bool)
+    valid[0, [0, 3, 5, 7]] = True
+    valid[1, [0, 1]] = True
+    mk[~valid] = np.nan
+    mv[~valid] = np.nan
+    assert filled_slot_counts(t) == [3, 5, 7, 9] and filled_slot_counts(20) == [5, 10, 15, 20]
+    cotangent = _rand(rng, b, h, w, 2 * cv)
+    block = dict(blocked=dict(block_bytes=1), query_blocked=dict(query_block_bytes=1)).get(algorithm, {})
+
+    def loss(skip):
+        return lambda k, v, q: jnp.sum(memory_read(k, v, valid, q, qv, algorithm=algorithm, skip_empty_slots=skip,
+                                                   **block) * cotangent)
+
+    full_value, full_grads = jax.value_and_grad(loss(False), argnums=(0, 1, 2))(mk, mv, qk)
+    value, grads = jax.value_and_grad(loss(True), argnums=(0, 1, 2))(mk, mv, qk)
+    np.testing.assert_allclose(float(value), float(full_value), rtol=1e-5)
+    for got, want in zip(grads, full_grads):
+        got, want = np.asarray(got), np.asarray(want)
+        assert np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(grads[0])[~valid], 0.0)
+    out = np.asarray(memory_read(mk, mv, valid, qk, qv, algorithm=algorithm, skip_empty_slots=True, **block))
+    np.testing.assert_array_equal(out[2, ..., :cv], 0.0)  # no filled slot: reads zeros
+
+    # One branch per count, each reading [B, m, h, w, Ck] keys.
+    text = str(jax.make_jaxpr(lambda k, v, q: memory_read(k, v, valid, q, qv, algorithm=algorithm,
+                                                            skip_empty_slots=True))(mk, mv, qk))
+    assert "switch" in text or "cond" in text
+    for m in filled_slot_counts(t):
+        assert f"{b},{m},{h},{w},{ck}" in text.replace(" ", "")  # a branch reads [B, m, h, w, Ck] keys
+
+
+def test_skip_empty_slots_default():
+    rng = np.random.default_rng(12)
+    mk8, mv8 = _rand(rng, 1, 8, 2, 2, 4), _rand(rng, 1, 8, 2, 2, 3)
+    qk, qv = _rand(rng, 1, 2, 2, 4), _rand(rng, 1, 2, 2, 3)
+
+    def switches(mk, mv, **how):
+        text = str(jax.make_jaxpr(lambda *a: memory_read(*a, **how))(mk, mv, np.ones(mk.shape[:2], bool), qk, qv))
+        return "cond" in text or "switch" in text
+
+    cpu = jax.default_backend() == "cpu"
+    assert switches(mk8, mv8) == cpu  # 8 slots (the engine's bank has 20), 'auto': skipped on CPU
+    assert not switches(mk8[:, :7], mv8[:, :7])  # 7 slots (training clips): always all read
+    assert not switches(mk8, mv8, algorithm="dense")  # a named read computes exactly that
+    assert switches(mk8[:, :7], mv8[:, :7], algorithm="dense", skip_empty_slots=True)
 
 
 def test_query_rows_per_block():

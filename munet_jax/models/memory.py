@@ -122,6 +122,7 @@ BLOCKED_MAX_CHANNELS = 256  # 'auto' blocks memory frames only for Ck + Cv up to
 QUERY_BLOCK_BYTES = 8 * 2**20  # float32 logits of one block of query rows: two cores' L2 on a 2-core Xeon
 VALUES_PER_BLOCK_MAX_BYTES = 16 * 2**20  # 'query_blocked' reads values this large again in every block
 QUERY_ROWS_MULTIPLE = 16  # rows per query block rounded up to this (the GEMMs' row tiles)
+SKIP_EMPTY_MIN_SLOTS = 8  # memory_read skips empty slots on CPU from this many slots (the engine's bank)
 
 
 def query_rows_per_block(queries: int, positions: int, block_bytes: int = QUERY_BLOCK_BYTES) -> int:
@@ -324,6 +325,7 @@ def memory_read(
     algorithm: str = "auto",
     block_bytes: int = BLOCK_BYTES,
     query_block_bytes: int = QUERY_BLOCK_BYTES,
+    skip_empty_slots: bool | None = None,
 ) -> jax.Array:
     """Space-time memory read, concatenated with the query value.
 
@@ -334,19 +336,65 @@ def memory_read(
     float32 whatever the input dtype. A row without any valid slot reads zeros.
     `algorithm` ('auto', 'dense', 'blocked', 'query_blocked': see the module
     doc), `block_bytes` (the blocked read's logits per block) and
-    `query_block_bytes` (the query-blocked read's) change only the speed.
+    `query_block_bytes` (the query-blocked read's) change only the speed, as
+    does `skip_empty_slots`: read only the filled slots (gathered to the front;
+    a read compiled for each quarter of T, `lax.switch` picks the smallest that
+    holds them). None = with `algorithm='auto'` on XLA:CPU for T >=
+    `SKIP_EMPTY_MIN_SLOTS` (the inference engine's 20-slot bank, most of it
+    empty in a video's first 50 frames; on GPU a switch would wait on the host).
     """
     _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
     b, h, w = q_key.shape[:3]
-    t, h_m, w_m = mem_keys.shape[1:4]
-    channels = mem_keys.shape[-1] + mem_values.shape[-1]
-    chosen = resolved_algorithm(algorithm, t, h_m * w_m, h * w, channels, block_bytes, mem_values.dtype)
-    if chosen == "blocked":
-        read = _read_blocked(mem_keys, mem_values, mem_valid, q_key, frames_per_block(t, h_m * w_m, h * w, block_bytes))
-    elif chosen == "query_blocked":
-        read = _read_query_blocked(mem_keys, mem_values, mem_valid, q_key,
-                                   query_rows_per_block(h * w, t * h_m * w_m, query_block_bytes))
+    resolved_algorithm(algorithm, 1, 1, 1, 1)  # an unknown name fails here, before any tracing
+
+    def read_slots(keys, values, valid):  # [B, T', ...] -> read [B, HW, Cv] float32
+        t, h_m, w_m = keys.shape[1:4]
+        channels = keys.shape[-1] + values.shape[-1]
+        chosen = resolved_algorithm(algorithm, t, h_m * w_m, h * w, channels, block_bytes, values.dtype)
+        if chosen == "blocked":
+            return _read_blocked(keys, values, valid, q_key, frames_per_block(t, h_m * w_m, h * w, block_bytes))
+        if chosen == "query_blocked":
+            return _read_query_blocked(keys, values, valid, q_key,
+                                       query_rows_per_block(h * w, t * h_m * w_m, query_block_bytes))
+        return _read(keys, values, valid, q_key)[0]
+
+    if skip_empty_slots is None:  # 'auto' only: a named algorithm computes exactly that (FLOP counts, A/B runs)
+        skip_empty_slots = (algorithm == "auto" and jax.default_backend() == "cpu"
+                            and mem_valid.shape[1] >= SKIP_EMPTY_MIN_SLOTS)
+    if skip_empty_slots:
+        read = _read_filled_slots(read_slots, mem_keys, mem_values, mem_valid)
     else:
-        read, _ = _read(mem_keys, mem_values, mem_valid, q_key)
+        read = read_slots(mem_keys, mem_values, mem_valid)
     read = read.reshape(b, h, w, -1).astype(q_value.dtype)
     return jnp.concatenate([read, q_value], axis=-1)
+
+
+def filled_slot_counts(t: int) -> list[int]:
+    """The slot counts `_read_filled_slots` compiles a read for: quarters of T, rounded up
+    (T = 20: 5, 10, 15, 20)."""
+    return sorted({-(-t * i // 4) for i in range(1, 5)})
+
+
+def _read_filled_slots(read_slots, mem_keys, mem_values, mem_valid):
+    """`read_slots` over the filled slots only: the filled slots gathered to the front (in
+    slot order) and a `lax.switch` to the read of the smallest `filled_slot_counts(T)` that
+    holds the most filled slots of any batch element. Empty slots add exactly nothing to a
+    read, so this changes only which positions are computed (and float rounding)."""
+    t = mem_valid.shape[1]
+    counts = filled_slot_counts(t)
+    order = jnp.argsort(~mem_valid, axis=1, stable=True)  # [B, T]: filled slots first
+    filled = jnp.max(jnp.sum(mem_valid, axis=1))
+
+    def branch(m):
+        def run(operands):
+            keys, values, valid, order = operands
+            if m == t:  # all slots: read them where they are (no copy of the bank)
+                return read_slots(keys, values, valid)
+            idx = order[:, :m]  # [B, m]
+            pick = idx[:, :, None, None, None]
+            return read_slots(jnp.take_along_axis(keys, pick, axis=1), jnp.take_along_axis(values, pick, axis=1),
+                              jnp.take_along_axis(valid, idx, axis=1))
+        return run
+
+    which = jnp.searchsorted(jnp.asarray(counts), filled)  # the first count >= filled
+    return jax.lax.switch(which, [branch(m) for m in counts], (mem_keys, mem_values, mem_valid, order))
