@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from munet_jax.benchmark import common, report
+from munet_jax.benchmark import common, models, report
 from munet_jax.benchmark.__main__ import main
 
 
@@ -281,4 +281,10 @@ def test_rows_from_before_memory_read_count_as_dense_when_merged():
     assert [r["median_ms"] for r in merged] == [2.0, 3.0, 4.0]
     assert common.read_label({"memory_read": "auto", "memory_read_ran": "blocked"}) == "auto (blocked)"
     assert common.read_label({"memory_read": "dense", "memory_read_ran": "dense"}) == "dense"
+    if jax.default_backend() == "cpu":  # what 'auto' runs there, by dtype and bank size
+        assert models.read_ran(False, "auto", 20, (480, 864), "bfloat16") == "query_blocked + filled slots"
+        assert models.read_ran(False, "auto", 5, (480, 864), "bfloat16") == "query_blocked"
+        assert models.read_ran(False, "auto", 20, (480, 864), "float32") == "dense + filled slots"
+        assert models.read_ran(True, "auto", 5, (480, 864), "float32") == "blocked"
+        assert models.read_ran(False, "dense", 20, (480, 864), "bfloat16") == "dense"
     assert common.read_label({}) == "dense"

@@ -14,7 +14,7 @@ import ml_collections
 
 from munet_jax.benchmark.common import parse_strs, utilisation
 from munet_jax.models.config import munet_config, tiny_munet_config
-from munet_jax.models.memory import resolved_algorithm
+from munet_jax.models.memory import resolved_algorithm, skips_empty_slots
 from munet_jax.models.munet import build_model, init_variables, with_prepared_kernels
 from munet_jax.models.winograd import PREPARED
 
@@ -57,11 +57,12 @@ def counting_model(tiny: bool, dtype: str):
 def read_ran(tiny: bool, memory_read: str, memory_frames: int, bucket, dtype: str = "float32") -> str:
     """The memory read a frame at `bucket` ([H, W], stride-16 features) with that many
     memory frames runs for the `memory_read` setting and compute `dtype`: 'dense',
-    'blocked' or 'query_blocked'."""
+    'blocked' or 'query_blocked', '+ filled slots' where only the filled slots are read."""
     cfg = model_config(tiny, dtype)
     positions = (bucket[0] // 16) * (bucket[1] // 16)
-    return resolved_algorithm(memory_read, memory_frames, positions, positions, cfg.key_dim + cfg.value_dim,
-                              dtype=jnp.dtype(dtype))
+    ran = resolved_algorithm(memory_read, memory_frames, positions, positions, cfg.key_dim + cfg.value_dim,
+                             dtype=jnp.dtype(dtype))
+    return f"{ran} + filled slots" if skips_empty_slots(memory_read, memory_frames) else ran
 
 
 def inference_variants(args, variables: dict) -> dict:

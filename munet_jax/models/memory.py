@@ -358,15 +358,21 @@ def memory_read(
                                        query_rows_per_block(h * w, t * h_m * w_m, query_block_bytes))
         return _read(keys, values, valid, q_key)[0]
 
-    if skip_empty_slots is None:  # 'auto' only: a named algorithm computes exactly that (FLOP counts, A/B runs)
-        skip_empty_slots = (algorithm == "auto" and jax.default_backend() == "cpu"
-                            and mem_valid.shape[1] >= SKIP_EMPTY_MIN_SLOTS)
+    if skip_empty_slots is None:
+        skip_empty_slots = skips_empty_slots(algorithm, mem_valid.shape[1])
     if skip_empty_slots:
         read = _read_filled_slots(read_slots, mem_keys, mem_values, mem_valid)
     else:
         read = read_slots(mem_keys, mem_values, mem_valid)
     read = read.reshape(b, h, w, -1).astype(q_value.dtype)
     return jnp.concatenate([read, q_value], axis=-1)
+
+
+def skips_empty_slots(algorithm: str, t: int) -> bool:
+    """Whether `memory_read(algorithm=..., skip_empty_slots=None)` reads only the filled
+    slots of a T-slot memory: 'auto' on XLA:CPU from `SKIP_EMPTY_MIN_SLOTS` slots (a named
+    algorithm computes exactly that: FLOP counts, A/B runs)."""
+    return algorithm == "auto" and jax.default_backend() == "cpu" and t >= SKIP_EMPTY_MIN_SLOTS
 
 
 def filled_slot_counts(t: int) -> list[int]:
