@@ -345,7 +345,6 @@ def memory_read(
     """
     _check_shapes(mem_keys, mem_values, mem_valid, q_key, q_value)
     b, h, w = q_key.shape[:3]
-    resolved_algorithm(algorithm, 1, 1, 1, 1)  # an unknown name fails here, before any tracing
 
     def read_slots(keys, values, valid):  # [B, T', ...] -> read [B, HW, Cv] float32
         t, h_m, w_m = keys.shape[1:4]
