@@ -66,6 +66,39 @@ def test_kernel_gradient_gemm_matches_numpy_and_lax(case):
     np.testing.assert_allclose(got, np.asarray(lax_dk), rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_gradient_gemm_in_bfloat16_matches_numpy(case):
+    # bfloat16 operands take pixel_gram's other contraction (float32 accumulation): the same
+    # values as NumPy's float64 sums of the same bfloat16 numbers, to float32 rounding.
+    n, h, w, c, k, ks, stride, padding = case
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.bfloat16)
+    out_shape = jax.eval_shape(lambda: lax.conv_general_dilated(
+        x, jnp.zeros((ks, ks, c, k), jnp.bfloat16), (stride, stride), padding, dimension_numbers=NHWC)).shape
+    g = jnp.asarray(rng.normal(size=out_shape), jnp.bfloat16)
+    got = np.asarray(jax.jit(conv_grad.kernel_gradient_gemm, static_argnums=(2, 3, 4))(
+        x, g, (ks, ks), (stride, stride), padding))
+    expected = numpy_kernel_gradient(np.asarray(x, np.float64), np.asarray(g, np.float64), ks, ks, stride, padding)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pixel_gram_matches_numpy_and_contracts_bfloat16_per_image(dtype):
+    rng = np.random.default_rng(2)
+    a = jnp.asarray(rng.normal(size=(3, 5, 7, 4)), dtype)
+    b = jnp.asarray(rng.normal(size=(3, 5, 7, 6)), dtype)
+    got = jax.jit(conv_grad.pixel_gram)(a, b)
+    want = np.einsum("nhwc,nhwk->ck", np.asarray(a, np.float64), np.asarray(b, np.float64))
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    # bfloat16: one contraction over (image, pixel) of [N, H*W, C] (XLA:CPU keeps it on the
+    # matrix units); float32: the flat [N*H*W, C] product.
+    (eqn,) = [e for e in jax.make_jaxpr(conv_grad.pixel_gram)(a, b).eqns if e.primitive.name == "dot_general"]
+    (contract_a, _), _ = eqn.params["dimension_numbers"]
+    assert tuple(contract_a) == ((0, 1) if dtype == jnp.bfloat16 else (0,))
+
+
 def numpy_input_gradient(kernel, g, x_hw, strides, padding):
     """d sum(conv(x, K) * g) / dx in float64: each output pixel's g spread back over its window."""
     (pt, pb), (pl, pr) = padding
