@@ -51,6 +51,7 @@ import numpy as np
 from jax import lax
 
 from munet_jax.models import conv_grad
+from munet_jax.models.affine import add_bias
 from munet_jax.models.tap_matmuls import conv3x3_tap_matmuls, lax_conv3x3 as _lax_conv3x3
 
 TILE = 4  # output tile side m
@@ -335,12 +336,13 @@ class Conv3x3(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         if parameters_only:
             return kernel, bias
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         lead = x.shape[:-3]
         x4 = x.reshape((-1,) + x.shape[-3:])  # [N, H, W, C]
         y = self._conv(x4, kernel)
         y = y.reshape(lead + y.shape[1:])
-        return y if bias is None else y + bias
+        # The bias in its parameter dtype: in bfloat16 on CPU its gradient is summed in float32.
+        return y if bias is None else add_bias(y, bias)
 
     def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
         if self.strides == 1 and self.algorithm != "direct":
@@ -413,7 +415,7 @@ def conv3x3_group(parent: nn.Module, x: jax.Array, convs: Sequence[Conv3x3]) -> 
     else:  # a small map: lax, here rather than in the children (they would record their own kernels)
         outs = [_lax_conv3x3(x4, k.astype(xc.dtype), 1) for k, _ in kernels]
     outs = [o.reshape(xc.shape[:-3] + o.shape[1:]) for o in outs]
-    return [o if b is None else o + b.astype(o.dtype) for o, (_, b) in zip(outs, kernels)]
+    return [o if b is None else add_bias(o, b) for o, (_, b) in zip(outs, kernels)]
 
 
 def kernel_for(path: Sequence[str], params: dict) -> jax.Array:
