@@ -187,6 +187,11 @@ def test_which_convs_get_gemm_kernel_gradients_on_cpu():
     assert conv_grad.uses_gemm((6, 50, 50, 512), (3, 3, 512, 512), (6, 50, 50, 512))
     assert not conv_grad.uses_gemm((6, 25, 25, 256), (3, 3, 256, 256), (6, 25, 25, 256))
     assert not conv_grad.uses_gemm((6, 400, 400, 4), (7, 7, 4, 64), (6, 200, 200, 64))
+    # bfloat16: also every conv with 128+ channels in and out (lax's is widened to float32 there).
+    assert conv_grad.uses_gemm((6, 25, 25, 256), (3, 3, 256, 256), (6, 25, 25, 256), jnp.bfloat16)
+    assert conv_grad.uses_gemm((6, 50, 50, 128), (3, 3, 128, 128), (6, 50, 50, 128), jnp.bfloat16)
+    assert not conv_grad.uses_gemm((6, 100, 100, 64), (3, 3, 64, 64), (6, 100, 100, 64), jnp.bfloat16)
+    assert not conv_grad.uses_gemm((6, 50, 50, 128), (3, 3, 128, 128), (6, 50, 50, 128), jnp.float32)
 
 
 def test_lax_gradients_context_turns_the_gemm_form_off():

@@ -319,13 +319,21 @@ def test_tap_matmuls_match_numpy():
     # Each tap's product in bfloat16 (float32 products made the sum memory-bound), summed in float32.
     text = str(jax.make_jaxpr(winograd.conv3x3_tap_matmuls)(x, kernel))
     assert text.count("preferred_element_type=bfloat16") == 9 and "add" in text
-    # Gradients: the direct conv's (the drop-in lax conv), not autodiff's through the taps.
+    # Gradients: the direct conv's (float32 references of the same bfloat16 numbers), written out,
+    # not autodiff's through the taps: the input gradient as the taps of g with the flipped kernel,
+    # the kernel gradient as conv_grad's.
     g = jnp.asarray(rng.normal(size=got.shape), jnp.bfloat16)
-    ours = jax.jit(jax.vjp(winograd.conv3x3_tap_matmuls, x, kernel)[1])(g)
-    direct = jax.jit(jax.vjp(lambda a, b: winograd._lax_conv3x3(a, b, 1), x, kernel)[1])(g)
+    vjp = jax.vjp(winograd.conv3x3_tap_matmuls, x, kernel)[1]
+    ours = jax.jit(vjp)(g)
+    f32 = [a.astype(jnp.float32) for a in (x, kernel, g)]
+    direct = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                           precision=lax.Precision.HIGHEST), *f32[:2])[1](f32[2])
     for a, b in zip(ours, direct):
         assert a.dtype == jnp.bfloat16
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a, np.float32), b, rtol=0, atol=1e-2 * np.abs(b).max())
+    backward = str(jax.make_jaxpr(vjp)(g))
+    assert backward.count("preferred_element_type=bfloat16") == 9  # the input gradient's taps
     # float32 in: exact up to float32 rounding (the same sum as the direct conv).
     x32, k32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
     np.testing.assert_allclose(np.asarray(winograd.conv3x3_tap_matmuls(x32, k32)), want, rtol=0,

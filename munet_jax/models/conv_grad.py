@@ -51,7 +51,7 @@ with `munet_jax.models.affine`'s float32 sums: 38.9 -> 28.3 s).
 `nn.Conv(conv_general_dilated=...)`): the forward pass is lax's (bfloat16 1x1 convs
 on XLA:CPU: a matrix product); on XLA:CPU the
 kernel gradient is the GEMM form where it wins (`uses_gemm`: every 1x1 conv;
-wider kernels when C * K * Ho * Wo >= GEMM_MIN_WORK) and a strided conv's input
+wider kernels when C * K * Ho * Wo >= GEMM_MIN_WORK, or in bfloat16 with 128+ channels) and a strided conv's input
 gradient is the phase form (`uses_phases`: stride > 1, kernel wider than 1x1);
 lax's elsewhere. GPU and TPU libraries have fast backward kernels, so other
 backends always get lax's. Same values up to float rounding (tested against
@@ -72,6 +72,11 @@ from jax import lax
 # XLA:CPU: measured above, 128 x 128 x 100 x 100 (1.6e8) is 3x faster, 256 x 256 x 25 x 25
 # (4.1e7) and 128 x 128 x 50 x 50 (4.1e7) 1.7x slower, 512 x 512 x 25 x 25 (1.6e8) 1.6x faster.
 GEMM_MIN_WORK = 2**27
+# In bfloat16 the GEMM form (`pixel_gram`, on the matrix units) wins from 128 channels in and out
+# at any map size; lax's bfloat16 kernel gradient is widened to float32. 3x3 kernel gradients
+# alone, bfloat16, Xeon with AMX (lax / GEMM, ms): 6 x 50x50, 128 -> 128: 88 / 45; 6 x 25x25,
+# 256 -> 256: 82 / 18; 3 x 25x25, 512 -> 256: 44 / 20; but 6 x 100x100, 64 -> 64: 66 / 98.
+BFLOAT16_GEMM_MIN_CHANNELS = 128
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -95,14 +100,18 @@ def lax_gradients():
         _lax_only = previous
 
 
-def uses_gemm(x_shape: Sequence[int], kernel_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+def uses_gemm(x_shape: Sequence[int], kernel_shape: Sequence[int], out_shape: Sequence[int],
+              dtype=jnp.float32) -> bool:
     """Whether the kernel gradient of a conv of these shapes runs as GEMMs (XLA:CPU only).
 
-    x [N, H, W, C], kernel [kh, kw, C, K], out [N, Ho, Wo, K].
+    x [N, H, W, C], kernel [kh, kw, C, K], out [N, Ho, Wo, K]; dtype: the conv's compute dtype
+    (bfloat16: also every conv with `BFLOAT16_GEMM_MIN_CHANNELS` in and out).
     """
     if _lax_only or jax.default_backend() != "cpu":
         return False
     kh, kw, c, k = kernel_shape
+    if jnp.dtype(dtype) == jnp.bfloat16 and min(c, k) >= BFLOAT16_GEMM_MIN_CHANNELS:
+        return True
     return kh * kw == 1 or c * k * out_shape[1] * out_shape[2] >= GEMM_MIN_WORK
 
 
@@ -266,7 +275,8 @@ def kernel_gradient(
 ) -> jax.Array:
     """dL/dkernel of conv(x, kernel) (NHWC / HWIO, no dilation) in kernel's dtype: the GEMM
     form where `uses_gemm` says so, lax's transpose of the conv otherwise."""
-    return _kernel_gradient(x, g, kernel, strides, padding, uses_gemm(x.shape, kernel.shape, g.shape))
+    return _kernel_gradient(x, g, kernel, strides, padding,
+                            uses_gemm(x.shape, kernel.shape, g.shape, jnp.result_type(x, g)))
 
 
 def _kernel_gradient(x, g, kernel, strides, padding, gemm: bool) -> jax.Array:
@@ -339,7 +349,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         if uses_matmul(rhs.shape, pads, jnp.result_type(lhs, rhs)):
             return conv1x1_matmul(lhs, rhs, strides)
         out_hw = [(lhs.shape[1 + a] + sum(pads[a]) - rhs.shape[a]) // strides[a] + 1 for a in (0, 1)]
-        gemm_kernel = uses_gemm(lhs.shape, rhs.shape, (lhs.shape[0], *out_hw, rhs.shape[3]))
+        gemm_kernel = uses_gemm(lhs.shape, rhs.shape, (lhs.shape[0], *out_hw, rhs.shape[3]),
+                                jnp.result_type(lhs, rhs))
         phase_input = uses_phases(rhs.shape, strides)
         if gemm_kernel or phase_input:
             return conv_cpu_gradients(lhs, rhs, strides, pads, gemm_kernel, phase_input)
