@@ -262,6 +262,18 @@ def kernel_gradient_gemm(
 
     if kh * kw == 1:
         return tap(lax.slice(xp, (0, 0, 0, 0), span)).reshape(1, 1, c, k)
+    if jnp.result_type(x, g) == jnp.bfloat16 and kw > 1:
+        # One GEMM per kernel row: the row's kw windows side by side, [N, Ho, Wo, kw*C]^T dY,
+        # a loop over the rows (one slab live at a time). A wider product than a tap's: the
+        # decoder's 3x3 256 -> 256 over 3 x 100x100, bfloat16, alone: 276 ms per tap, 160 per row.
+        def row(carry, i):
+            slab = lax.dynamic_slice(xp, (0, i, 0, 0), (n, span[1], xp.shape[2], c))  # [N, span_h, W', C]
+            windows = [lax.slice(slab, (0, 0, j, 0), (n, span[1], j + span[2], c), (1, sh, sw, 1))
+                       for j in range(kw)]  # kw x [N, Ho, Wo, C]
+            return carry, pixel_gram(jnp.concatenate(windows, axis=-1), g).reshape(kw, c, k)
+
+        _, rows = lax.scan(row, None, jnp.arange(kh))
+        return rows  # [kh, kw, C, K]
     # A loop, one tap t = i * kw + j at a time: a single window is live (unrolled, XLA kept the
     # windows of many convs alive at once: the full training step's memory 10.8 -> 16.6 GB).
     _, taps = lax.scan(lambda carry, t: (carry, tap(lax.dynamic_slice(xp, (0, t // kw, t % kw, 0), span))),
