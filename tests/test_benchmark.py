@@ -69,9 +69,14 @@ def test_inference_and_parts_write_the_report(tmp_path):
     parts = {r["part"]: r for r in data["parts"]}
     assert {"enc_q", "enc_r", "mu_layer", "cost_volume", "msam", "memory_read", "decoder",
             "frame_total(sum)"} <= set(parts)
-    assert 0 < parts["frame_total(sum)"]["mu_layer_plus_msam_share"] < 1
+    total = parts["frame_total(sum)"]
+    assert 0 < total["mu_layer_plus_msam_share"] < 1
+    # In the step: the step against the step without MU-Layer and MSAM (timed interleaved).
+    assert total["step_ms"] > 0 and total["step_without_mu_msam_ms"] > 0
+    assert total["mu_layer_plus_msam_step_share"] == pytest.approx(
+        (total["step_ms"] - total["step_without_mu_msam_ms"]) / total["step_ms"])
     text = md_path.read_text()
-    assert "## Inference" in text and "## Parts" in text
+    assert "## Inference" in text and "## Parts" in text and "of the step**" in text
 
 
 def test_report_markdown_of_every_section(tmp_path):

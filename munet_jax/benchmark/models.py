@@ -47,6 +47,14 @@ def build(tiny: bool, dtype: str, conv3x3: str | None = None, memory_read: str |
     return build_model(model_config(tiny, dtype, conv3x3, memory_read))
 
 
+def without_motion(model):
+    """The same model with `mu_layer.enabled=False` (no MU-Layer, no MSAM: STM's frame); it runs
+    on the full model's variables (the MU-Layer's parameters are simply not read)."""
+    cfg = ml_collections.ConfigDict(model.config.to_dict())
+    cfg.mu_layer.enabled = False
+    return build_model(cfg)
+
+
 def counting_model(tiny: bool, dtype: str):
     """The model whose programs XLA's cost analysis counts the model FLOPs of: direct
     convolutions (Winograd does fewer multiplications) and the dense memory read (the

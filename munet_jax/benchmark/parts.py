@@ -17,6 +17,14 @@ At a bucket Hb x Wb (480x864 for DAVIS 480p) with K objects and T memory frames:
 The frame total is the sum of the parts other than cost_volume (contained in
 mu_layer); it leaves out the soft aggregation and the bank write (small), and
 XLA fuses across parts in the real step, so it is an estimate of the step.
+
+A part jitted alone also pays a call's fixed costs (the MU-Layer's dozen small ops
+took 3.6 ms of op time in a 5.2 ms call at 240x432), which overstates the small
+parts. So the MU-Layer + MSAM share is also measured inside the compiled step:
+the engine's step (`step_state`, as `inference` times it) against the same step
+without them (`mu_layer.enabled=False`: STM's frame), timed interleaved; the
+difference of the medians is what they cost the frame (`step_share` of the
+`frame_total(sum)` row).
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from munet_jax.benchmark import common, models
+from munet_jax.benchmark.inference import full_state
 from munet_jax.inference.config import inference_config
-from munet_jax.inference.engine import choose_size_bucket
+from munet_jax.inference.engine import choose_size_bucket, step_state
 from munet_jax.models import cost_volume as cv
 from munet_jax.models.memory import memory_read
 from munet_jax.models.munet import MUNet, compute_dtype
@@ -78,6 +87,20 @@ def _programs(model, variables, k: int, t: int, bucket) -> dict:
     }
 
 
+def step_with_and_without_motion(model, variables, k: int, t: int, bucket, repeats: int):
+    """(Timing of the engine's step, Timing of the same step without MU-Layer and MSAM), timed
+    interleaved, K objects and a bank of T full slots, one frame of `bucket` size."""
+    mem_every = inference_config().mem_every
+    frame = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(*bucket, 3), dtype=np.uint8))
+    no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
+    programs = []
+    for m in (model, models.without_motion(model)):
+        step = jax.jit(functools.partial(step_state, m, mem_every), donate_argnums=(1,))
+        call_args = (variables, full_state(m, k, t, bucket, bucket), frame, *no_new)
+        programs.append(common.Program(step, call_args, carry=lambda a, r: (a[0], r[0], *a[2:])))
+    return common.measure_many(programs, repeats)
+
+
 def run(args) -> list[dict]:
     size = common.parse_size(args.size)
     bucket = choose_size_bucket(*size, inference_config().size_buckets)
@@ -103,6 +126,11 @@ def run(args) -> list[dict]:
                   f"read {variant.memory_read}: {timing.median_ms:8.1f} ms "
                   f"(min {timing.min_ms:.1f}), {'n/a' if timing.flops is None else f'{timing.flops / 1e9:.2f}'} "
                   f"model GFLOP, compile {timing.compile_s:.1f} s", flush=True)
+        with_motion, without = step_with_and_without_motion(model, model_vars, k, t, bucket, 2 * args.repeats)
+        step_share = (with_motion.median_ms - without.median_ms) / with_motion.median_ms
+        print(f"step {with_motion.median_ms:.1f} ms (min {with_motion.min_ms:.1f}), without MU-Layer + MSAM "
+              f"{without.median_ms:.1f} ms (min {without.min_ms:.1f}): MU-Layer + MSAM {100 * step_share:.1f}% "
+              "of the step", flush=True)
         total = sum(measured[n].median_ms for n in IN_FRAME)
         for name, timing in measured.items():
             rows.append({
@@ -117,6 +145,10 @@ def run(args) -> list[dict]:
             "min_ms": sum(measured[n].min_ms for n in IN_FRAME),
             "flops": sum(measured[n].flops or 0.0 for n in IN_FRAME) or None,
             "mu_layer_plus_msam_share": (measured["mu_layer"].median_ms + measured["msam"].median_ms) / total,
+            # Inside the compiled step: the step against the step without them, interleaved.
+            "step_ms": with_motion.median_ms, "step_min_ms": with_motion.min_ms,
+            "step_without_mu_msam_ms": without.median_ms, "step_without_mu_msam_min_ms": without.min_ms,
+            "mu_layer_plus_msam_step_share": step_share,
             "slowest_part": max(IN_FRAME, key=lambda n: measured[n].median_ms),
         })
         print(f"parts total {total:.1f} ms; MU-Layer + MSAM {100 * rows[-1]['mu_layer_plus_msam_share']:.1f}% "

@@ -279,6 +279,13 @@ def markdown(report: dict) -> str:
                              f"{common.read_label(r)}: "
                              f"MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_share'], 1, 100)}% "
                              f"of the summed frame; slowest part: {r['slowest_part']}. cost_volume is inside mu_layer.")
+                if "mu_layer_plus_msam_step_share" in r:
+                    lines.append(
+                        f"Inside the compiled step, timed interleaved with the same step without them "
+                        f"(`mu_layer.enabled=False`): {_f(r['step_ms'])} against {_f(r['step_without_mu_msam_ms'])} "
+                        f"ms (mins {_f(r['step_min_ms'])} / {_f(r['step_without_mu_msam_min_ms'])}): "
+                        f"**MU-Layer + MSAM = {_f(r['mu_layer_plus_msam_step_share'], 1, 100)}% of the step** "
+                        f"(a part jitted alone also pays a call's fixed costs).")
                 step = _matching_step(report, r)
                 if step is not None:
                     parts = {p["part"]: p for p in report["parts"] if _same_setting(p, r)}
