@@ -55,6 +55,20 @@ def full_state(model, num_objects: int, capacity: int, bucket_hw, image_hw) -> I
     )
 
 
+def jit_step(model):
+    """The engine's step as `InferenceEngine` compiles it (the state donated)."""
+    return jax.jit(functools.partial(step_state, model, inference_config().mem_every), donate_argnums=(1,))
+
+
+def step_program(step, model, variables, k: int, t: int, bucket, image_hw, frame, flops=None) -> common.Program:
+    """A timed call of `step` (`jit_step(model)`): K objects, a bank of T full slots, `frame`
+    [Hb, Wb, 3] (padded to `bucket`, the image `image_hw` inside it), no new objects; each call's
+    state is the previous call's output (the input state is donated)."""
+    no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
+    call_args = (variables, full_state(model, k, t, bucket, image_hw), frame, *no_new)
+    return common.Program(step, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]), flops=flops)
+
+
 def run(args) -> list[dict]:
     size = common.parse_size(args.size)
     icfg = inference_config()
@@ -64,25 +78,23 @@ def run(args) -> list[dict]:
     rows = []
     variables = models.variables(args.tiny)
     # Variant -> (model, its variables, jitted step)
-    programs = {key: (model, model_vars, jax.jit(functools.partial(step_state, model, icfg.mem_every),
-                                                  donate_argnums=(1,)))
+    programs = {key: (model, model_vars, jit_step(model))
                 for key, (model, model_vars) in models.inference_variants(args, variables).items()}
     variants = list(programs)
     # Model FLOPs: the same step with direct convolutions and the dense read, lowered only.
     counted = {d: jax.jit(functools.partial(step_state, models.counting_model(args.tiny, d), icfg.mem_every))
                for d in common.parse_strs(args.dtype)}
     for k in common.parse_ints(args.objects):
-        no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
         for t in common.parse_ints(args.memory):
             # Every dtype / conv variant of this setting, timed interleaved (common.measure_many).
             batch, flops = [], {}  # model FLOPs lowered once per dtype, not per variant
             for variant in variants:
                 model, model_vars, program = programs[variant]
-                call_args = (model_vars, full_state(model, k, t, bucket, size), frame, *no_new)
+                timed = step_program(program, model, model_vars, k, t, bucket, size, frame)
                 if variant.dtype not in flops:
-                    flops[variant.dtype] = common.model_flops(counted[variant.dtype], (variables,) + call_args[1:])
-                batch.append(common.Program(program, call_args, carry=lambda a, r: (a[0], r[0], *a[2:]),
-                                            flops=flops[variant.dtype]))
+                    flops[variant.dtype] = common.model_flops(counted[variant.dtype], (variables,) + timed.args[1:])
+                timed.flops = flops[variant.dtype]
+                batch.append(timed)
             for variant, timing in zip(variants, common.measure_many(batch, args.repeats)):
                 row = {
                     "image": list(size), "bucket": list(bucket), "objects": k, "memory_frames": t,

@@ -23,8 +23,8 @@ took 3.6 ms of op time in a 5.2 ms call at 240x432), which overstates the small
 parts. So the MU-Layer + MSAM share is also measured inside the compiled step:
 the engine's step (`step_state`, as `inference` times it) against the same step
 without them (`mu_layer.enabled=False`: STM's frame), timed interleaved; the
-difference of the medians is what they cost the frame (`step_share` of the
-`frame_total(sum)` row).
+difference of the medians is what they cost the frame
+(`mu_layer_plus_msam_step_share` of the `frame_total(sum)` row).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from munet_jax.benchmark import common, models
-from munet_jax.benchmark.inference import full_state
+from munet_jax.benchmark.inference import jit_step, step_program
 from munet_jax.inference.config import inference_config
-from munet_jax.inference.engine import choose_size_bucket, step_state
+from munet_jax.inference.engine import choose_size_bucket
 from munet_jax.models import cost_volume as cv
 from munet_jax.models.memory import memory_read
 from munet_jax.models.munet import MUNet, compute_dtype
@@ -90,15 +90,9 @@ def _programs(model, variables, k: int, t: int, bucket) -> dict:
 def step_with_and_without_motion(model, variables, k: int, t: int, bucket, repeats: int):
     """(Timing of the engine's step, Timing of the same step without MU-Layer and MSAM), timed
     interleaved, K objects and a bank of T full slots, one frame of `bucket` size."""
-    mem_every = inference_config().mem_every
     frame = jnp.asarray(np.random.default_rng(1).integers(0, 256, size=(*bucket, 3), dtype=np.uint8))
-    no_new = (jnp.zeros(bucket, jnp.uint8), jnp.zeros((k,), bool))
-    programs = []
-    for m in (model, models.without_motion(model)):
-        step = jax.jit(functools.partial(step_state, m, mem_every), donate_argnums=(1,))
-        call_args = (variables, full_state(m, k, t, bucket, bucket), frame, *no_new)
-        programs.append(common.Program(step, call_args, carry=lambda a, r: (a[0], r[0], *a[2:])))
-    return common.measure_many(programs, repeats)
+    return common.measure_many([step_program(jit_step(m), m, variables, k, t, bucket, bucket, frame)
+                                for m in (model, models.without_motion(model))], repeats)
 
 
 def run(args) -> list[dict]:

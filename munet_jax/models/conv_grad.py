@@ -243,7 +243,8 @@ def kernel_gradient_gemm(
     x: jax.Array, g: jax.Array, kernel_hw: tuple[int, int], strides: tuple[int, int],
     padding: tuple[tuple[int, int], tuple[int, int]],
 ) -> jax.Array:
-    """dL/dkernel of y = conv(x, kernel) given g = dL/dy, as kh * kw GEMMs (module docstring).
+    """dL/dkernel of y = conv(x, kernel) given g = dL/dy, as kh * kw GEMMs (module docstring);
+    in bfloat16 as kh GEMMs, one per kernel row.
 
     x [N, H, W, C], g [N, Ho, Wo, K], padding ((top, bottom), (left, right)) as lax's
     (negative values crop) -> [kh, kw, C, K] float32.
