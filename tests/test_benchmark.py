@@ -79,6 +79,29 @@ def test_inference_and_parts_write_the_report(tmp_path):
     assert "## Inference" in text and "## Parts" in text and "of the step**" in text
 
 
+def test_step_without_motion_is_the_step_less_exactly_the_mu_layer_and_msam():
+    # The parts' in-step A/B times `models.without_motion(model)` against the model: its step
+    # must be the same program less the MU-Layer and MSAM and nothing else, so the difference of
+    # the two steps' model FLOPs is the two parts' own FLOPs (each lowered alone).
+    import argparse
+
+    from munet_jax.benchmark import parts
+    from munet_jax.benchmark.inference import jit_step, step_program
+
+    args = argparse.Namespace(tiny=True, dtype="float32", conv3x3="direct", prepared="no", memory_read="dense",
+                              size="32x48")
+    (model, variables), = models.inference_variants(args, models.variables(True)).values()
+    bucket = (32, 48)
+    frame = jnp.zeros((*bucket, 3), jnp.uint8)
+    flops = []
+    for m in (model, models.without_motion(model)):
+        program = step_program(jit_step(m), m, variables, 2, 3, bucket, bucket, frame)
+        flops.append(common.model_flops(program.jitted, program.args))
+    programs = parts._programs(model, variables, 2, 3, bucket)
+    motion = sum(common.model_flops(*programs[name]) for name in ("mu_layer", "msam"))
+    assert motion > 0 and flops[0] - flops[1] == pytest.approx(motion, rel=1e-6)
+
+
 def test_report_markdown_of_every_section(tmp_path):
     info = common.device_info()
     timing = {"median_ms": 10.0, "min_ms": 9.0, "compile_s": 1.0, "gflops": 2.0, "flops": 2e9,
