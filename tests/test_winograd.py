@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from munet_jax.models import winograd
+from munet_jax.models import tap_matmuls, winograd
 from munet_jax.models.decoder import Decoder
 
 
@@ -338,6 +338,29 @@ def test_tap_matmuls_match_numpy():
     x32, k32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
     np.testing.assert_allclose(np.asarray(winograd.conv3x3_tap_matmuls(x32, k32)), want, rtol=0,
                                atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 50, 8), (1, 60, 21, 8)])
+def test_flattened_tap_products_match_numpy_and_the_windowed_form(shape, monkeypatch):
+    # Maps large enough for the products over the flattened padded map (the wrapped columns
+    # and the extra bottom row must not leak into the output), forward and input gradient.
+    assert tap_matmuls.uses_flat_products(*shape[1:3])
+    rng = np.random.default_rng(17)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, shape[-1], 5)), jnp.float32)
+    got = jax.jit(winograd.conv3x3_tap_matmuls)(x, kernel)
+    want = numpy_conv3x3(np.asarray(x, np.float64), np.asarray(kernel, np.float64))
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=0, atol=1e-5 * np.abs(want).max())
+    g = jnp.asarray(rng.normal(size=got.shape), jnp.bfloat16)
+    xb, kb = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    flat = jax.jit(jax.vjp(winograd.conv3x3_tap_matmuls, xb, kb)[1])(g)
+    # The same products summed in the same order as one window per tap: the same bits.
+    monkeypatch.setattr(tap_matmuls, "FLAT_MAX_ROWS_RATIO", 0.0)
+    assert not tap_matmuls.uses_flat_products(*shape[1:3])
+    windowed = jax.jit(lambda a, b: winograd.conv3x3_tap_matmuls(a, b))(x, kernel)  # a new trace
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(windowed))
+    for a, b in zip(flat, jax.jit(jax.vjp(winograd.conv3x3_tap_matmuls, xb, kb)[1])(g)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
 @pytest.mark.parametrize("shape", [(2, 7, 9, 16), (1, 8, 6, 16), (1, 1, 1, 16)])
