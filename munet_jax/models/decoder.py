@@ -52,7 +52,8 @@ def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
 
     The same numbers as `jax.image.resize(x, ..., 'bilinear')` (module docstring), computed as
     a stencil: along each axis, output pixel factor*i + r is a two-term weighted sum of input
-    pixels i and i -/+ 1 (the border pixel repeated), in float32, rounded once to x's dtype.
+    pixels i and i -/+ 1 (the border pixel repeated), in float32 (float64 for float64 x),
+    rounded once to x's dtype.
     resize runs the interpolation as products with [factor*n, n] weight matrices; alone,
     bfloat16, Xeon with AMX, 2x of 60x108x256 (the 480p decoder's refine2): 50 -> 6 ms; 6 x
     50x50x256 (training): 78 -> 16 ms; float32 60x108x256 32 -> 9 ms. Whole programs, interleaved
@@ -62,12 +63,13 @@ def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
     """
     if factor < 1 or int(factor) != factor:
         raise ValueError(f"upsample_bilinear: factor must be a positive integer, got {factor!r}")
-    y = _upsample_axis(x.astype(jnp.float32), int(factor), axis=1)
+    compute = jnp.promote_types(x.dtype, jnp.float32)  # float32, or float64 with jax_enable_x64
+    y = _upsample_axis(x.astype(compute), int(factor), axis=1)
     return _upsample_axis(y, int(factor), axis=2).astype(x.dtype)
 
 
 def _upsample_axis(x: jax.Array, factor: int, axis: int) -> jax.Array:
-    """Bilinear upsampling of float32 x along `axis` by `factor`: [.., n, ..] -> [.., factor*n, ..].
+    """Bilinear upsampling of x (float32 or float64) along `axis` by `factor`: [.., n, ..] -> [.., factor*n, ..].
 
     Output pixel factor*i + r samples input coordinate i + d, d = (r + 0.5) / factor - 0.5
     (|d| < 0.5): (1 - |d|) x[i] + |d| x[i - 1] for d < 0, x[i + 1] for d > 0, the border pixel
