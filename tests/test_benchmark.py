@@ -1,5 +1,6 @@
 """Smoke tests of the benchmark suite's plumbing at tiny sizes (no timed assertions)."""
 
+import argparse
 import json
 
 import jax
@@ -7,6 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 from munet_jax.benchmark import common, models, report
+from munet_jax.benchmark import parts as benchmark_parts
+from munet_jax.benchmark.inference import jit_step, step_program
 from munet_jax.benchmark.__main__ import main
 
 
@@ -83,11 +86,6 @@ def test_step_without_motion_is_the_step_less_exactly_the_mu_layer_and_msam():
     # The parts' in-step A/B times `models.without_motion(model)` against the model: its step
     # must be the same program less the MU-Layer and MSAM and nothing else, so the difference of
     # the two steps' model FLOPs is the two parts' own FLOPs (each lowered alone).
-    import argparse
-
-    from munet_jax.benchmark import parts
-    from munet_jax.benchmark.inference import jit_step, step_program
-
     args = argparse.Namespace(tiny=True, dtype="float32", conv3x3="direct", prepared="no", memory_read="dense",
                               size="32x48")
     (model, variables), = models.inference_variants(args, models.variables(True)).values()
@@ -97,7 +95,7 @@ def test_step_without_motion_is_the_step_less_exactly_the_mu_layer_and_msam():
     for m in (model, models.without_motion(model)):
         program = step_program(jit_step(m), m, variables, 2, 3, bucket, bucket, frame)
         flops.append(common.model_flops(program.jitted, program.args))
-    programs = parts._programs(model, variables, 2, 3, bucket)
+    programs = benchmark_parts._programs(model, variables, 2, 3, bucket)
     motion = sum(common.model_flops(*programs[name]) for name in ("mu_layer", "msam"))
     assert motion > 0 and flops[0] - flops[1] == pytest.approx(motion, rel=1e-6)
 

@@ -97,8 +97,8 @@ class FrozenBatchNorm(nn.Module):
     which XLA materialises as one more full-size activation per BN (1.9 s and memory of
     the 36 s CPU training step); with x * a + b it is sum(g * x) - mean * sum(g) on the
     conv output that is kept anyway (`channel_affine`: in bfloat16 on CPU those two sums
-run over float32 values, 2-4x faster there and without bfloat16's stalled sums). Statistics
-are read, never written (no `mutable=`).
+    run over float32 values, 2-4x faster there and without bfloat16's stalled sums). Statistics
+    are read, never written (no `mutable=`).
     """
 
     dtype: Any = jnp.float32
